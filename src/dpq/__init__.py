@@ -1,0 +1,7 @@
+"""dpq: W4A8 (INT4 weights, FP8 activations) quantization of LLMs with DPQ and GAR."""
+
+__version__ = "0.1.0"
+
+from dpq.config import ActSpec, CalibSpec, FP8Spec, QuantConfig, SolverSpec, WeightSpec  # noqa: E402
+
+__all__ = ["ActSpec", "CalibSpec", "FP8Spec", "QuantConfig", "SolverSpec", "WeightSpec", "__version__"]

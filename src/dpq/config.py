@@ -1,0 +1,280 @@
+"""Typed, validated, versioned settings for every part of dpq.
+
+Every later piece (solvers, calibration driver, checkpoint, kernels) takes one
+of these frozen dataclasses. `QuantConfig.to_dict()` / `from_dict()` is what a
+checkpoint stores in `config.json["quantization_config"]`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+FORMAT_VERSION = 1
+"""Version of the checkpoint format and of `QuantConfig.to_dict()`."""
+
+METHODS = ("dpq-gar", "dpq", "gptq-w4a16", "naive-w4a8", "rtn-w4a8", "rtn-w4a16")
+"""Quantization methods, the default first."""
+
+FP8_E4M3FN_MAX = 448.0
+"""Largest finite E4M3FN value (NVIDIA Hopper/Ada/Blackwell, Gaudi 3, MI350)."""
+FP8_GAUDI2_MAX = 240.0
+"""Largest E4M3 value Gaudi 2 represents."""
+
+ACT_SCALE_METHODS = ("maxabs", "percentile", "mse")
+GROUP_PARAM_SOURCES = ("updated", "frozen")
+TARGETS = ("paper", "vllm-w4afp8")
+
+
+class ConfigError(ValueError):
+    """A setting is invalid; the message names it and says what is allowed."""
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    """INT4 group quantization of a weight along its input dimension.
+
+    group_size: input channels per group (32, 64, 128, 256, ...); -1 means one
+        group per output channel (per-channel). K need not be a multiple of it:
+        the last group is shorter.
+    symmetric: False (default, the paper's): scale and zero point per group;
+        True: zero point fixed at 8.
+    scale_dtype: storage dtype of the group scales ("bfloat16", "float16",
+        "float32"); solvers round to it so they see what the checkpoint holds.
+    """
+
+    bits: int = 4
+    group_size: int = 128
+    symmetric: bool = False
+    scale_dtype: str = "bfloat16"
+
+    def __post_init__(self) -> None:
+        _check(self.bits == 4, f"bits={self.bits}: only 4-bit weights are supported")
+        _check(
+            self.group_size == -1 or self.group_size > 0,
+            f"group_size={self.group_size}: use a positive number of input channels "
+            "(32, 64, 128, 256) or -1 for per-channel",
+        )
+        _check(
+            self.scale_dtype in ("bfloat16", "float16", "float32"),
+            f"scale_dtype={self.scale_dtype!r}: use bfloat16, float16 or float32",
+        )
+
+    @property
+    def maxq(self) -> int:
+        return 2**self.bits - 1
+
+
+@dataclass(frozen=True)
+class FP8Spec:
+    """FP8 E4M3 arithmetic: values on the E4M3FN grid, saturated at +-fp8_max.
+
+    fp8_max: F, 448 for E4M3FN hardware, 240 for Gaudi 2. `None` means no FP8
+        at all (W4A16 methods).
+    """
+
+    fp8_max: float | None = FP8_E4M3FN_MAX
+
+    def __post_init__(self) -> None:
+        if self.fp8_max is not None:
+            _check(
+                0 < float(self.fp8_max) <= FP8_E4M3FN_MAX,
+                f"fp8_max={self.fp8_max}: use 448 (E4M3FN) or 240 (Gaudi 2); "
+                "it must be in (0, 448]",
+            )
+
+    @property
+    def enabled(self) -> bool:
+        return self.fp8_max is not None
+
+    @property
+    def protective_range(self) -> float:
+        """P = F - F/15: with |x| <= P, every dequantized INT4 value stays inside +-F."""
+        _check(self.enabled, "protective_range needs fp8_max")
+        return float(self.fp8_max) - float(self.fp8_max) / 15.0
+
+
+@dataclass(frozen=True)
+class ActSpec:
+    """Static per-tensor FP8 activation scales, measured on calibration data.
+
+    method: "maxabs", "percentile" (of |x|) or "mse" (clipping search that
+        minimises the FP8 round-trip error).
+    percentile: used by "percentile", in (0, 100].
+    pow2: round the scale up to a power of two.
+    """
+
+    method: str = "maxabs"
+    percentile: float = 99.99
+    pow2: bool = False
+
+    def __post_init__(self) -> None:
+        _check(
+            self.method in ACT_SCALE_METHODS,
+            f"act scale method {self.method!r}: use one of {', '.join(ACT_SCALE_METHODS)}",
+        )
+        _check(0 < self.percentile <= 100, f"percentile={self.percentile}: must be in (0, 100]")
+
+
+@dataclass(frozen=True)
+class SolverSpec:
+    """What a layer solver does.
+
+    algorithm: "rtn" (round to nearest) or "gptq" (GPTQ / DPQ error feedback).
+    fp8_aware: the error fed back is against the FP8 inference weight (DPQ);
+        False is plain GPTQ (naive W4A8 when FP8 is on at inference).
+    group_params: "updated" takes each group's scale/zero from the
+        error-updated weights when the solver reaches the group (GPTQ style,
+        dpq's default); "frozen" takes them from the original weights (the
+        reference implementation of DPQ).
+    gar: group-aware reordering; act_order: GPTQ's act-order with static
+        groups. The two are exclusive.
+    damp: fraction of mean(diag(H)) added to the diagonal.
+    block_size: lazy-batch block of columns.
+    """
+
+    algorithm: str = "gptq"
+    fp8_aware: bool = True
+    group_params: str = "updated"
+    gar: bool = True
+    act_order: bool = False
+    damp: float = 0.01
+    block_size: int = 128
+
+    def __post_init__(self) -> None:
+        _check(self.algorithm in ("rtn", "gptq"), f"algorithm={self.algorithm!r}: use rtn or gptq")
+        _check(
+            self.group_params in GROUP_PARAM_SOURCES,
+            f"group_params={self.group_params!r}: use updated or frozen",
+        )
+        _check(
+            not (self.gar and self.act_order),
+            "gar and act_order are exclusive: GAR already orders columns by the Hessian "
+            "while keeping groups; turn one of them off",
+        )
+        _check(0 <= self.damp < 1, f"damp={self.damp}: use a fraction such as 0.01")
+        _check(self.block_size > 0, f"block_size={self.block_size}: must be positive")
+
+
+@dataclass(frozen=True)
+class CalibSpec:
+    """Calibration data: a source name or file, number of samples, tokens per sample."""
+
+    source: str = "wikitext2"
+    samples: int = 128
+    seq_len: int = 2048
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.samples > 0, f"calib samples={self.samples}: need at least one sample")
+        _check(self.seq_len > 0, f"seq_len={self.seq_len}: must be positive")
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """Everything one quantization run needs. Build it with `QuantConfig.for_method`."""
+
+    method: str = "dpq-gar"
+    weight: WeightSpec = field(default_factory=WeightSpec)
+    fp8: FP8Spec = field(default_factory=FP8Spec)
+    act: ActSpec = field(default_factory=ActSpec)
+    solver: SolverSpec = field(default_factory=SolverSpec)
+    calib: CalibSpec = field(default_factory=CalibSpec)
+    ignore: tuple[str, ...] = ()
+    target: str = "paper"
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        _check(self.method in METHODS, f"method {self.method!r}: use one of {', '.join(METHODS)}")
+        _check(self.target in TARGETS, f"target {self.target!r}: use one of {', '.join(TARGETS)}")
+        _check(
+            self.format_version == FORMAT_VERSION,
+            f"format_version={self.format_version}: this dpq reads version {FORMAT_VERSION}; "
+            "upgrade dpq or re-quantize the model",
+        )
+        _check(
+            isinstance(self.ignore, tuple),
+            "ignore must be a tuple of module-name patterns",
+        )
+
+    @property
+    def activations_fp8(self) -> bool:
+        return self.fp8.enabled
+
+    @classmethod
+    def for_method(
+        cls,
+        method: str = "dpq-gar",
+        *,
+        group_size: int = 128,
+        symmetric: bool = False,
+        fp8_max: float = FP8_E4M3FN_MAX,
+        act: ActSpec | None = None,
+        calib: CalibSpec | None = None,
+        ignore: tuple[str, ...] | list[str] = (),
+        group_params: str = "updated",
+        damp: float = 0.01,
+        act_order: bool = False,
+        scale_dtype: str = "bfloat16",
+        target: str = "paper",
+    ) -> "QuantConfig":
+        """The settings of a named method (see the method page's section 5)."""
+        _check(method in METHODS, f"method {method!r}: use one of {', '.join(METHODS)}")
+        w4a16 = method.endswith("w4a16")
+        algorithm = "rtn" if method.startswith("rtn") else "gptq"
+        solver = SolverSpec(
+            algorithm=algorithm,
+            fp8_aware=method in ("dpq", "dpq-gar"),
+            group_params=group_params,
+            gar=method == "dpq-gar",
+            act_order=act_order and method != "dpq-gar",
+            damp=damp,
+        )
+        return cls(
+            method=method,
+            weight=WeightSpec(group_size=group_size, symmetric=symmetric, scale_dtype=scale_dtype),
+            fp8=FP8Spec(fp8_max=None if w4a16 else fp8_max),
+            act=act or ActSpec(),
+            solver=solver,
+            calib=calib or CalibSpec(),
+            ignore=tuple(ignore),
+            target=target,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "QuantConfig":
+        """Inverse of `to_dict`; unknown keys or an unknown version are refused."""
+        if not isinstance(d, dict):
+            raise ConfigError("quantization_config must be a JSON object")
+        version = d.get("format_version")
+        _check(
+            version == FORMAT_VERSION,
+            f"quantization_config format_version={version!r}: this dpq reads version "
+            f"{FORMAT_VERSION}; upgrade dpq or re-quantize the model",
+        )
+        subs = {"weight": WeightSpec, "fp8": FP8Spec, "act": ActSpec, "solver": SolverSpec, "calib": CalibSpec}
+        known = {f.name for f in dataclasses.fields(cls)}
+        extra = set(d) - known
+        _check(not extra, f"quantization_config has unknown keys {sorted(extra)}")
+        kwargs: dict[str, Any] = {}
+        for k, v in d.items():
+            if k in subs:
+                sub_known = {f.name for f in dataclasses.fields(subs[k])}
+                _check(isinstance(v, dict), f"quantization_config.{k} must be an object")
+                bad = set(v) - sub_known
+                _check(not bad, f"quantization_config.{k} has unknown keys {sorted(bad)}")
+                kwargs[k] = subs[k](**v)
+            elif k == "ignore":
+                kwargs[k] = tuple(v)
+            else:
+                kwargs[k] = v
+        return cls(**kwargs)

@@ -1,0 +1,1 @@
+"""Quantized linear kernels: reference (pure torch) and Triton, behind `ops`."""

