@@ -5,3 +5,7 @@ __version__ = "0.1.0"
 from dpq.config import ActSpec, CalibSpec, FP8Spec, QuantConfig, SolverSpec, WeightSpec  # noqa: E402
 
 __all__ = ["ActSpec", "CalibSpec", "FP8Spec", "QuantConfig", "SolverSpec", "WeightSpec", "__version__"]
+
+from dpq.api import info, load, quantize, save  # noqa: E402
+
+__all__ += ["info", "load", "quantize", "save"]

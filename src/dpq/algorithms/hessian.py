@@ -1,0 +1,120 @@
+"""The layer Hessian H = (2/n) * sum_tokens x x^T and what a solver does to it.
+
+Pure torch, no hooks: the calibration driver feeds `HessianAccumulator.add`
+with the inputs of one Linear, batch by batch; `prepare_hessian` handles dead
+inputs and damping; `inverse_cholesky` gives the upper Cholesky factor of
+H^-1 that GPTQ's error feedback uses, retrying with more damping when H is
+too ill-conditioned.
+"""
+
+from __future__ import annotations
+
+import torch
+
+SOLVER_DTYPE = torch.float32
+"""Precision of every Hessian and solver computation."""
+
+CHOLESKY_RETRIES = 3
+"""Extra attempts of the Cholesky, each with ten times more damping."""
+
+
+class HessianError(ValueError):
+    """The Hessian cannot be built or factored; the message says what to do."""
+
+
+class HessianAccumulator:
+    """Streaming H = (2/n) * sum x x^T over token batches, as a running mean in fp32.
+
+    k: input size of the Linear; name: the layer, used in error messages.
+    `add(x)` takes x of shape [..., K] (all leading dims are tokens).
+    """
+
+    def __init__(self, k: int, name: str = "", device: torch.device | str | None = None) -> None:
+        if k <= 0:
+            raise HessianError(f"{name or 'layer'}: input size K={k} must be positive")
+        self.k = k
+        self.name = name
+        self.n = 0
+        self.h = torch.zeros(k, k, dtype=SOLVER_DTYPE, device=device)
+
+    def add(self, x: torch.Tensor) -> None:
+        """Fold a batch of inputs x [..., K] into the running mean."""
+        if x.shape[-1] != self.k:
+            raise HessianError(
+                f"{self.name or 'layer'}: inputs have {x.shape[-1]} features but the Hessian is for "
+                f"K={self.k}: feed this accumulator the inputs of the Linear it was made for"
+            )
+        x = x.detach().reshape(-1, self.k).to(device=self.h.device, dtype=SOLVER_DTYPE)  # (T, K)
+        m = x.shape[0]
+        if m == 0:
+            return
+        if not torch.isfinite(x).all():
+            raise HessianError(
+                f"{self.name or 'layer'}: calibration inputs hold NaN or Inf: check the float model "
+                "and the calibration data (run the model in float32)"
+            )
+        total = self.n + m
+        self.h.mul_(self.n / total)
+        x = x * (2.0 / total) ** 0.5
+        self.h.addmm_(x.t(), x)  # (K, T) @ (T, K)
+        self.n = total
+
+    def hessian(self) -> torch.Tensor:
+        """H [K, K] fp32 (a copy). Raises when no token was added."""
+        if self.n == 0:
+            raise HessianError(
+                f"{self.name or 'layer'}: no calibration tokens reached this layer: "
+                "add calibration samples (or check that the layer is on the forward path)"
+            )
+        return self.h.clone()
+
+
+def hessian_from_inputs(x: torch.Tensor, name: str = "") -> torch.Tensor:
+    """H [K, K] of all inputs x [..., K] at once (the batched twin of the accumulator)."""
+    acc = HessianAccumulator(x.shape[-1], name, device=x.device)
+    acc.add(x)
+    return acc.hessian()
+
+
+def prepare_hessian(
+    w: torch.Tensor, h: torch.Tensor, damp: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Dead inputs and damping, without touching the arguments.
+
+    w [N, K], h [K, K] -> (w', h', dead [K] bool) where a dead input (diag(H) == 0)
+    gets H[d, d] = 1 and W[:, d] = 0, and then H += damp * mean(diag(H)) * I.
+    """
+    w = w.to(SOLVER_DTYPE).clone()
+    h = h.to(SOLVER_DTYPE).clone()
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    idx = torch.arange(h.shape[0], device=h.device)
+    h[idx, idx] += damp * torch.mean(torch.diag(h))
+    return w, h, dead
+
+
+def inverse_cholesky(h: torch.Tensor, name: str = "", retries: int = CHOLESKY_RETRIES) -> torch.Tensor:
+    """Upper Cholesky factor U of H^-1 (H^-1 = U^T U): [K, K] fp32.
+
+    h should already be damped (`prepare_hessian`). When a factorisation fails,
+    retry with extra damping of 0.01, 0.1, 1 ... times mean(diag(H)); when all
+    attempts fail, raise HessianError naming the layer.
+    """
+    idx = torch.arange(h.shape[0], device=h.device)
+    mean_diag = torch.mean(torch.diag(h)).item()
+    extra = 0.0
+    for attempt in range(retries + 1):
+        hd = h.clone()
+        hd[idx, idx] += extra * mean_diag
+        lower, info = torch.linalg.cholesky_ex(hd)
+        if info.item() == 0:
+            hinv = torch.cholesky_inverse(lower)
+            upper, info = torch.linalg.cholesky_ex(hinv, upper=True)
+            if info.item() == 0 and torch.isfinite(upper).all():
+                return upper
+        extra = 0.01 if attempt == 0 else extra * 10
+    raise HessianError(
+        f"{name or 'layer'}: the Hessian is not positive definite even with "
+        f"{retries} extra dampings (up to {extra / 10:g} * mean diag): raise damping or add calibration samples"
+    )

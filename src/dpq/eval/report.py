@@ -1,0 +1,113 @@
+"""Tables and plots of evaluation results (one `evaluate` dict per method, or a `compare` dict)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dpq.eval.compare import FLOAT
+
+
+def _rows(results) -> list[dict]:
+    """The per-method evaluate dicts, in order, from a compare dict, a {method: dict} or a list."""
+    if isinstance(results, dict) and "results" in results:
+        results = results["results"]
+    if isinstance(results, dict):
+        results = list(results.values())
+    rows = list(results)
+    if not rows:
+        raise ValueError("no results to report")
+    return rows
+
+
+def _baseline(rows: list[dict]) -> dict | None:
+    for r in rows:
+        if r.get("method") in (FLOAT, "float"):
+            return r
+    return None
+
+
+def _fmt(x, digits: int) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def _delta(x, base, digits: int, scale: float = 1.0) -> str:
+    if x is None or base is None:
+        return ""
+    return f" ({(x - base) * scale:+.{digits}f})"
+
+
+def to_markdown(results) -> str:
+    """A table: method, WikiText-2 perplexity, each task's acc (in %), the average; changes against the float model.
+
+    Changes are in parentheses: perplexity points and accuracy percentage points.
+    """
+    rows = _rows(results)
+    base = _baseline(rows)
+    tasks: list[str] = []
+    for r in rows:
+        tasks += [t for t in r.get("tasks", {}) if t not in tasks]
+    has_ppl = any(r.get("wikitext2_ppl") is not None for r in rows)
+    has_avg = any(r.get("average") is not None for r in rows)
+    header = ["method"] + (["wikitext2 ppl"] if has_ppl else []) + tasks + (["average"] if has_avg else [])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        cells = [str(r.get("method"))]
+        if has_ppl:
+            b = base.get("wikitext2_ppl") if base and r is not base else None
+            cells.append(_fmt(r.get("wikitext2_ppl"), 3) + _delta(r.get("wikitext2_ppl"), b, 3))
+        for t in tasks:
+            acc = r.get("tasks", {}).get(t, {}).get("acc")
+            b = base.get("tasks", {}).get(t, {}).get("acc") if base and r is not base else None
+            cells.append(_fmt(None if acc is None else 100 * acc, 1) + _delta(acc, b, 1, 100))
+        if has_avg:
+            b = base.get("average") if base and r is not base else None
+            avg = r.get("average")
+            cells.append(_fmt(None if avg is None else 100 * avg, 1) + _delta(avg, b, 1, 100))
+        lines.append("| " + " | ".join(cells) + " |")
+    first = rows[0]
+    s = first.get("settings", {})
+    notes = sorted({f"{t}: {v['note']}" for r in rows for t, v in r.get("tasks", {}).items() if v.get("note")})
+    foot = [
+        "",
+        f"Model {first.get('model')}; perplexity windows {first.get('windows')} of {s.get('seq_len')} tokens; "
+        f"tasks: acc in %, {s.get('num_fewshot', 0)}-shot, limit {s.get('limit')}; average: {s.get('average')}. "
+        "Parentheses: change against the float model.",
+    ]
+    foot += [f"- {n}" for n in notes]
+    return "\n".join(lines + foot) + "\n"
+
+
+def plot(results, path) -> Path:
+    """Bar charts of WikiText-2 perplexity and average accuracy per method, written to `path` (png, pdf, svg)."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    rows = _rows(results)
+    methods = [str(r.get("method")) for r in rows]
+    panels = [
+        ("WikiText-2 perplexity (lower is better)", [r.get("wikitext2_ppl") for r in rows]),
+        ("average accuracy, % (higher is better)", [None if r.get("average") is None else 100 * r["average"] for r in rows]),
+    ]
+    panels = [(title, vals) for title, vals in panels if any(v is not None for v in vals)]
+    if not panels:
+        raise ValueError("the results have neither perplexity nor task accuracies to plot")
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8), squeeze=False)
+    for ax, (title, vals) in zip(axes[0], panels):
+        xs = [i for i, v in enumerate(vals) if v is not None]
+        ys = [vals[i] for i in xs]
+        bars = ax.bar(xs, ys, color=["tab:gray" if methods[i] == FLOAT else "tab:blue" for i in xs])
+        ax.bar_label(bars, fmt="%.2f", fontsize=8)
+        ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
+        ax.set_title(title, fontsize=10)
+        lo, hi = min(ys), max(ys)
+        pad = (hi - lo) * 0.5 or abs(hi) * 0.05 or 1.0
+        ax.set_ylim(max(0.0, lo - pad), hi + pad)
+    fig.suptitle(str(rows[0].get("model")), fontsize=11)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,137 @@
+"""One evaluation of a model: WikiText-2 perplexity plus zero-shot tasks, as a JSON-ready dict.
+
+Schema of the result:
+    model           name or path
+    method          quantization_config["method"], else "bf16" / "float" for a float model
+    wikitext2_ppl   float or None (ppl=None)
+    windows         "used/total" perplexity windows, or None
+    tasks           {name: {acc, acc_norm (where lm-eval defines it), perplexity (lambada), n, note}}
+    average         mean of `acc` over the tasks other than MMLU (MMLU is reported on its own,
+                    as in the paper's tables); None without such tasks
+    settings        seq_len, max_windows, limit, num_fewshot, batch_size, device, average rule
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from dpq.eval.perplexity import check_seq_len, wikitext2_perplexity
+from dpq.eval.tasks import resolve_tasks, run_tasks
+
+AVERAGE_RULE = "mean of acc over the tasks other than mmlu"
+PPL_DATASETS = ("wikitext2",)
+
+
+def model_method(model) -> str:
+    """The quantization method recorded in the model's config, or "bf16"/"float" for a float model."""
+    qc = getattr(model.config, "quantization_config", None)
+    if qc is not None and not isinstance(qc, dict):
+        qc = qc.to_dict() if hasattr(qc, "to_dict") else vars(qc)
+    if qc and qc.get("method"):
+        return str(qc["method"])
+    dtype = getattr(model, "dtype", None)
+    return "bf16" if dtype == torch.bfloat16 else "float"
+
+
+def task_average(tasks: dict[str, dict]) -> float | None:
+    """The `average` field: mean acc over the tasks other than MMLU."""
+    accs = [t["acc"] for name, t in tasks.items() if name != "mmlu" and t.get("acc") is not None]
+    return sum(accs) / len(accs) if accs else None
+
+
+def evaluate(
+    model,
+    tokenizer,
+    *,
+    name: str | None = None,
+    ppl: str | None = "wikitext2",
+    seq_len: int = 2048,
+    max_windows: int | None = None,
+    tasks=(),
+    limit: int | float | None = None,
+    num_fewshot: int = 0,
+    batch_size: int | str = 1,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict:
+    """Perplexity and task accuracies of an in-memory causal LM (moved to `device`); see the module doc."""
+    specs = resolve_tasks(tasks)  # fail on a bad name before minutes of perplexity
+    if ppl is not None and ppl not in PPL_DATASETS:
+        raise ValueError(f"ppl={ppl!r}: use one of {', '.join(PPL_DATASETS)} or None to skip perplexity")
+    if ppl is not None:
+        check_seq_len(model, seq_len)
+    model = model.to(device)
+    model.eval()
+    timings = {}
+    result = {
+        "model": name or getattr(model.config, "_name_or_path", None) or type(model).__name__,
+        "method": model_method(model),
+        "wikitext2_ppl": None,
+        "windows": None,
+        "tasks": {},
+        "average": None,
+    }
+    if ppl is not None:
+        t0 = time.perf_counter()
+        p = wikitext2_perplexity(model, tokenizer, seq_len=seq_len, max_windows=max_windows, progress=progress)
+        timings["ppl_s"] = round(time.perf_counter() - t0, 1)
+        result["wikitext2_ppl"] = p.ppl
+        result["windows"] = f"{p.windows_used}/{p.windows_total}"
+    if specs:
+        t0 = time.perf_counter()
+        result["tasks"] = run_tasks(
+            model, tokenizer, [s.name for s in specs], limit=limit, num_fewshot=num_fewshot, batch_size=batch_size
+        )
+        timings["tasks_s"] = round(time.perf_counter() - t0, 1)
+        result["average"] = task_average(result["tasks"])
+    result["settings"] = {
+        "ppl": ppl,
+        "seq_len": seq_len,
+        "max_windows": max_windows,
+        "limit": limit,
+        "num_fewshot": num_fewshot,
+        "batch_size": batch_size,
+        "device": device,
+        "average": AVERAGE_RULE,
+        "timings": timings,
+    }
+    return result
+
+
+def is_dpq_checkpoint(path) -> bool:
+    """True for a directory whose config.json has a quantization_config with "format_version"."""
+    cfg = Path(path) / "config.json"
+    if not cfg.is_file():
+        return False
+    try:
+        qc = json.loads(cfg.read_text(encoding="utf-8")).get("quantization_config")
+    except (json.JSONDecodeError, OSError):
+        return False
+    return isinstance(qc, dict) and "format_version" in qc
+
+
+def load_for_eval(model_or_dir: str | None, device: str = "cpu"):
+    """(model, tokenizer, name): a dpq checkpoint via dpq.api.load, else a float model."""
+    if model_or_dir is not None and is_dpq_checkpoint(model_or_dir):
+        from dpq.api import load  # noqa: PLC0415 - the checkpoint loader lives in the API module
+
+        model, tok = load(model_or_dir)
+        return model.to(device), tok, str(model_or_dir)
+    from dpq.models.loading import load_float_model  # noqa: PLC0415
+
+    model, tok, src = load_float_model(model_or_dir, device=device)
+    return model, tok, src.name
+
+
+def evaluate_path(model_or_dir: str | None = None, **opts) -> dict:
+    """`evaluate` on a model named like the CLI's MODEL (bundled name, directory, .gguf, hub) or a dpq checkpoint."""
+    if opts.get("ppl", "wikitext2") is None and not opts.get("tasks"):
+        raise ValueError("nothing to evaluate: give ppl='wikitext2' and/or some tasks")
+    resolve_tasks(opts.get("tasks", ()))  # a bad task name fails before loading the model
+    model, tok, name = load_for_eval(model_or_dir, device=opts.get("device", "cpu"))
+    opts.setdefault("name", name)
+    return evaluate(model, tok, **opts)

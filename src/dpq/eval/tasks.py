@@ -1,0 +1,406 @@
+"""Zero-shot tasks with lm-evaluation-harness 0.4.x, read from the local data directory.
+
+Each task has a reader that returns the examples of its local file in the form
+lm-eval's built-in task renders them (same prompt text, choices and gold index).
+`run_tasks` writes those examples as .jsonl next to the packaged task YAMLs
+(`dpq/eval/tasks/*.yaml`, task names prefixed `dpq_` so they never clash with
+lm-eval's), points lm-eval at that folder with `TaskManager(include_path=...)`,
+and scores the in-memory model with `HFLM` + `simple_evaluate`.
+
+Without a local data directory and with network allowed, the built-in lm-eval
+tasks (downloaded from the hub) are used instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from dpq.io.data import DataError, data_dir
+
+TEMPLATE_DIR = Path(__file__).parent / "tasks"
+
+
+class TaskError(ValueError):
+    """An unknown task name or unusable task settings; the message lists what is allowed."""
+
+
+# ----------------------------------------------------------------------------- readers
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise DataError(f"{path} is missing: set DPQ_DATA_DIR to the data folder holding tasks/")
+    rows = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{i}: not valid JSON ({e.msg})") from e
+    return rows
+
+
+def _task_file(root: Path | None, name: str) -> Path:
+    root = root if root is not None else data_dir(required=True)
+    return root / "tasks" / name
+
+
+def _mc(query: str, choices: list, gold: int) -> dict:
+    return {"query": query, "choices": [str(c) for c in choices], "gold": int(gold)}
+
+
+def read_piqa(root: Path | None = None) -> list[dict]:
+    """PIQA validation: the file's query is "Question: {goal}\\n"; lm-eval adds "Answer:"."""
+    return [_mc(r["query"] + "Answer:", r["choices"], r["gold"]) for r in _read_jsonl(_task_file(root, "piqa.jsonl"))]
+
+
+def _read_arc(root: Path | None, file: str) -> list[dict]:
+    # The file's query is "Question: {question}"; lm-eval's is "Question: {question}\nAnswer:".
+    return [_mc(r["query"] + "\nAnswer:", r["choices"], r["gold"]) for r in _read_jsonl(_task_file(root, file))]
+
+
+def read_arc_easy(root: Path | None = None) -> list[dict]:
+    return _read_arc(root, "arc_easy.jsonl")
+
+
+def read_arc_challenge(root: Path | None = None) -> list[dict]:
+    return _read_arc(root, "arc_challenge.jsonl")
+
+
+def read_boolq(root: Path | None = None) -> list[dict]:
+    """BoolQ validation: "Passage: {p}\\nQuestion: {q}?" becomes lm-eval's "{p}\\nQuestion: {q}?\\nAnswer:"."""
+    out = []
+    for r in _read_jsonl(_task_file(root, "boolq.jsonl")):
+        query = r["query"].removeprefix("Passage: ")
+        out.append(_mc(query + "\nAnswer:", r["choices"], r["gold"]))
+    return out
+
+
+def read_openbookqa(root: Path | None = None) -> list[dict]:
+    """OpenBookQA test: the prompt is the question stem, as in lm-eval."""
+    return [_mc(r["query"], r["choices"], r["gold"]) for r in _read_jsonl(_task_file(root, "openbook_qa.jsonl"))]
+
+
+def read_winogrande(root: Path | None = None) -> list[dict]:
+    """WinoGrande (xl) validation: {context_options: [sentence up to the blank + option], continuation, gold}."""
+    return [
+        {"context_options": list(r["context_options"]), "continuation": r["continuation"], "gold": int(r["gold"])}
+        for r in _read_jsonl(_task_file(root, "winogrande.jsonl"))
+    ]
+
+
+def read_lambada(root: Path | None = None) -> list[dict]:
+    """LAMBADA (OpenAI) test: {context, continuation}; the text is context + " " + continuation."""
+    return [
+        {"context": r["context"], "continuation": r["continuation"]}
+        for r in _read_jsonl(_task_file(root, "lambada_openai.jsonl"))
+    ]
+
+
+def hellaswag_preprocess(text: str) -> str:
+    """lm-eval's hellaswag text cleaning: WikiHow bracket artifacts out, double spaces in."""
+    text = text.strip()
+    text = text.replace(" [title]", ". ")
+    text = re.sub("\\[.*?\\]", "", text)
+    return text.replace("  ", " ")
+
+
+def read_hellaswag(root: Path | None = None) -> list[dict]:
+    """HellaSwag validation from the 6-line text format: "label: context", gold index, 4 endings."""
+    path = _task_file(root, "hellaswag_val.txt")
+    if not path.is_file():
+        raise DataError(f"{path} is missing: set DPQ_DATA_DIR to the data folder holding tasks/")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if len(lines) % 6:
+        raise DataError(f"{path}: {len(lines)} lines is not a multiple of 6 (label: context, gold, 4 endings)")
+    out = []
+    for i in range(0, len(lines), 6):
+        ctx, gold, endings = lines[i], lines[i + 1], lines[i + 2 : i + 6]
+        if not gold.strip().isdigit() or not 0 <= int(gold) < 4:
+            raise DataError(f"{path}:{i + 2}: expected a gold index 0-3, got {gold!r}")
+        out.append(_mc(hellaswag_preprocess(ctx), [hellaswag_preprocess(e) for e in endings], int(gold)))
+    return out
+
+
+def mmlu_query(question: str, choices: list[str]) -> str:
+    """lm-eval's MMLU prompt: the question, the lettered choices, then "Answer:"."""
+    lines = [question.strip()] + [f"{letter}. {c}" for letter, c in zip("ABCD", choices)]
+    return "\n".join(lines) + "\nAnswer:"
+
+
+def _read_mmlu_csv(path: Path) -> list[dict]:
+    with path.open(encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    out = []
+    for r in rows:
+        choices = [r[f"choice{k}"] for k in range(4)]
+        out.append({"query": mmlu_query(r["question"], choices), "gold": int(r["answer"])})
+    return out
+
+
+def read_mmlu(root: Path | None = None, split: str = "test") -> dict[str, list[dict]]:
+    """MMLU, {subject: [{query, gold}]} for the 57 subjects of `split` ("test" or "dev")."""
+    folder = _task_file(root, "mmlu") / split
+    files = sorted(folder.glob(f"*_{split}.csv"))
+    if not files:
+        raise DataError(f"no MMLU csv files in {folder}: set DPQ_DATA_DIR to the data folder holding tasks/mmlu")
+    return {f.name.removesuffix(f"_{split}.csv"): _read_mmlu_csv(f) for f in files}
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str  # what users type
+    builtin: str  # lm-eval's built-in task (the online fallback)
+    reader: Callable[..., list | dict]
+    note: str | None = None  # where the local prompt or data differ from lm-eval's default
+
+    @property
+    def local(self) -> str:
+        return f"dpq_{self.name}"
+
+
+TASKS: dict[str, TaskSpec] = {
+    t.name: t
+    for t in (
+        TaskSpec("piqa", "piqa", read_piqa),
+        TaskSpec(
+            "arc_easy",
+            "arc_easy",
+            read_arc_easy,
+            "local copy (llm-foundry) has exactly 4 choices per question",
+        ),
+        TaskSpec(
+            "arc_challenge",
+            "arc_challenge",
+            read_arc_challenge,
+            "local copy (llm-foundry) has exactly 4 choices per question",
+        ),
+        TaskSpec("boolq", "boolq", read_boolq),
+        TaskSpec("openbookqa", "openbookqa", read_openbookqa),
+        TaskSpec("winogrande", "winogrande", read_winogrande, "partial scoring as lm-eval's winogrande"),
+        TaskSpec("lambada", "lambada_openai", read_lambada),
+        TaskSpec(
+            "hellaswag",
+            "hellaswag",
+            read_hellaswag,
+            "from the 6-line text file: the context is not re-capitalized (lm-eval capitalizes ctx_b); "
+            "otherwise lm-eval's preprocessing",
+        ),
+        TaskSpec("mmlu", "mmlu", read_mmlu, "acc is the mean over all questions (lm-eval's weight_by_size)"),
+    )
+}
+"""User task names -> specs, in the paper's order (MMLU last)."""
+
+
+def resolve_tasks(names) -> list[TaskSpec]:
+    """Specs for user task names (a list, or one comma-separated string); unknown names raise TaskError."""
+    if isinstance(names, str):
+        names = [n for n in names.split(",") if n.strip()]
+    specs = []
+    for n in names:
+        n = n.strip().lower()
+        if n not in TASKS:
+            raise TaskError(f"unknown task {n!r}: use one of {', '.join(TASKS)}")
+        if TASKS[n] not in specs:
+            specs.append(TASKS[n])
+    return specs
+
+
+# ----------------------------------------------------------------------------- task folder
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
+
+
+def local_data_root() -> Path | None:
+    """The data directory when it holds tasks/; None when there is none and the network may be used."""
+    try:
+        root = data_dir()
+    except DataError:
+        if _offline():
+            raise
+        root = None
+    if root is not None and (root / "tasks").is_dir():
+        return root
+    if _offline():
+        raise DataError(
+            "no local task data and HF_DATASETS_OFFLINE=1 forbids downloading: set DPQ_DATA_DIR to the "
+            f"data folder holding tasks/ (looked in {root if root is not None else 'the default places'})"
+        )
+    return None
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    # Unchanged files keep their mtime, so `datasets` reuses its cache across runs.
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        path.write_text(text, encoding="utf-8")
+
+
+def _jsonl(rows: list[dict]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+
+def task_folder(root: Path) -> Path:
+    """Where the rendered YAMLs and converted .jsonl for data dir `root` live ($DPQ_CACHE/lm_eval_tasks/...)."""
+    cache = Path(os.environ.get("DPQ_CACHE", Path.home() / ".cache" / "dpq"))
+    key = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
+    return cache / "lm_eval_tasks" / key
+
+
+def render_tasks(specs: list[TaskSpec], root: Path, folder: Path | None = None) -> Path:
+    """Write the YAMLs and converted .jsonl of `specs` into a folder for TaskManager(include_path=...)."""
+    folder = folder or task_folder(root)
+    folder.mkdir(parents=True, exist_ok=True)
+    if '"' in str(folder) or "\\" in str(folder):
+        raise TaskError(f"task folder {folder} holds a quote or backslash: set DPQ_CACHE to a plain path")
+    for template in TEMPLATE_DIR.glob("_*.yaml"):
+        _write_if_changed(folder / template.name, template.read_text(encoding="utf-8"))
+    for spec in specs:
+        if spec.name == "mmlu":
+            _render_mmlu(root, folder)
+            continue
+        _write_if_changed(folder / f"{spec.name}.jsonl", _jsonl(spec.reader(root)))
+        yaml_text = (TEMPLATE_DIR / f"{spec.local}.yaml").read_text(encoding="utf-8")
+        _write_if_changed(folder / f"{spec.local}.yaml", yaml_text.replace("@DIR@", str(folder)))
+    return folder
+
+
+def _render_mmlu(root: Path, folder: Path) -> None:
+    import yaml  # noqa: PLC0415 - lm-eval depends on PyYAML
+
+    test, dev = read_mmlu(root, "test"), read_mmlu(root, "dev")
+    sub = folder / "mmlu"
+    sub.mkdir(exist_ok=True)
+    names = []
+    for subject, rows in test.items():
+        for split, split_rows in (("test", rows), ("dev", dev.get(subject, []))):
+            _write_if_changed(sub / f"{subject}_{split}.jsonl", _jsonl(split_rows))
+        cfg = {
+            "include": "../_dpq_mmlu_template.yaml",
+            "task": f"dpq_mmlu_{subject}",
+            "task_alias": subject,
+            "description": "The following are multiple choice questions (with answers) about "
+            f"{subject.replace('_', ' ')}.\n\n",
+            "dataset_kwargs": {
+                "data_files": {"test": str(sub / f"{subject}_test.jsonl"), "dev": str(sub / f"{subject}_dev.jsonl")}
+            },
+        }
+        _write_if_changed(sub / f"dpq_mmlu_{subject}.yaml", yaml.safe_dump(cfg, sort_keys=False))
+        names.append(cfg["task"])
+    group = {
+        "group": "dpq_mmlu",
+        "task": names,
+        "aggregate_metric_list": [{"metric": "acc", "aggregation": "mean", "weight_by_size": True}],
+        "metadata": {"version": 1.0},
+    }
+    _write_if_changed(folder / "dpq_mmlu.yaml", yaml.safe_dump(group, sort_keys=False))
+
+
+# ----------------------------------------------------------------------------- running
+
+
+@contextlib.contextmanager
+def _env(**values: str) -> Iterator[None]:
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _metric(res: dict, name: str) -> float | None:
+    v = res.get(f"{name},none")
+    return float(v) if isinstance(v, (int, float)) else None
+
+
+def _summarize(spec: TaskSpec, lm_name: str, out: dict, local: bool, num_fewshot: int, limit) -> dict:
+    results, nsamples = out["results"], out.get("n-samples", {})
+    res = results[lm_name]
+    entry = {"acc": _metric(res, "acc")}
+    if _metric(res, "acc_norm") is not None:
+        entry["acc_norm"] = _metric(res, "acc_norm")
+    if _metric(res, "perplexity") is not None:
+        entry["perplexity"] = _metric(res, "perplexity")
+    if spec.name == "mmlu":
+        prefix = f"{lm_name}_"
+        subjects = {k.removeprefix(prefix): v for k, v in results.items() if k.startswith(prefix)}
+        entry["subjects"] = {k: _metric(v, "acc") for k, v in sorted(subjects.items())}
+        entry["n"] = sum(nsamples.get(prefix + s, {}).get("effective", 0) for s in subjects)
+    else:
+        entry["n"] = nsamples.get(lm_name, {}).get("effective")
+    notes = [spec.note] if spec.note and local else []
+    if not local:
+        notes.append(f"lm-eval built-in task {spec.builtin} (downloaded)")
+    if local and num_fewshot and spec.name != "mmlu":
+        notes.append("few-shot examples drawn from the evaluated split (the local file is the only split)")
+    if limit is not None:
+        notes.append(f"limit {limit}" + (" per subject" if spec.name == "mmlu" else ""))
+    entry["note"] = "; ".join(notes) or None
+    return entry
+
+
+def run_tasks(
+    model,
+    tokenizer,
+    tasks,
+    *,
+    limit: int | float | None = None,
+    num_fewshot: int = 0,
+    batch_size: int | str = 1,
+) -> dict[str, dict]:
+    """Score an in-memory HF causal LM on `tasks`; {name: {acc, acc_norm?, perplexity?, n, note}}.
+
+    `limit` caps the examples per task (per subject for MMLU; a float < 1 is
+    a fraction); `num_fewshot` is the number of in-context examples.
+    """
+    specs = resolve_tasks(tasks)
+    if not specs:
+        return {}
+    if num_fewshot < 0:
+        raise TaskError(f"num_fewshot={num_fewshot}: use 0 or more")
+    if limit is not None and limit <= 0:
+        raise TaskError(f"limit={limit}: use a positive number of examples, or None for all")
+    root = local_data_root()
+    import lm_eval  # noqa: PLC0415 - heavy import, only when tasks run
+    from lm_eval.models.huggingface import HFLM  # noqa: PLC0415
+    from lm_eval.tasks import TaskManager  # noqa: PLC0415
+
+    if root is not None:
+        folder = render_tasks(specs, root)
+        manager = TaskManager(include_path=str(folder), include_defaults=False, verbosity="ERROR")
+        names = [s.local for s in specs]
+        env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    else:
+        manager = TaskManager(verbosity="ERROR")
+        names = [s.builtin for s in specs]
+        env = {}
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    with _env(**env):
+        out = lm_eval.simple_evaluate(
+            model=lm,
+            tasks=names,
+            num_fewshot=num_fewshot,
+            limit=limit,
+            task_manager=manager,
+            log_samples=False,
+            bootstrap_iters=0,  # stderr by bootstrap spawns processes; not needed here
+            verbosity="ERROR",
+        )
+    return {s.name: _summarize(s, n, out, root is not None, num_fewshot, limit) for s, n in zip(specs, names)}

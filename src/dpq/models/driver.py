@@ -1,0 +1,226 @@
+"""The layer-by-layer calibration driver: the only code that walks a model.
+
+For each decoder layer, for each set of Linears in the spec's order
+(q/k/v, o, gate/up, down): run the layer over the calibration inputs with
+hooks that accumulate each Linear's Hessian and observe its input range,
+solve, swap in W4A8 modules (with their static FP8 input scale), then move
+on, so every later set sees the outputs of the quantized ones before it.
+Finally run the quantized layer to produce the next layer's inputs.
+Calibration activations live on the CPU; one layer at a time is on `device`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import resource
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from dpq.algorithms import relative_output_error, solve
+from dpq.algorithms.hessian import HessianAccumulator
+from dpq.config import QuantConfig
+from dpq.models.observers import ActObserver
+from dpq.models.specs import ArchSpec, get_submodule, set_submodule, spec_for
+from dpq.nn.linear import W4A8Linear
+
+
+class _Stop(Exception):
+    """Raised inside a forward to end it early once the needed inputs are seen."""
+
+
+@dataclass
+class LinearReport:
+    name: str
+    shape: tuple[int, int]
+    rel_error: float
+    solve_seconds: float
+    input_scale: float | None
+
+
+@dataclass
+class QuantSummary:
+    """What a quantization run did: one row per quantized Linear, totals and memory."""
+
+    method: str
+    linears: list[LinearReport] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    peak_rss_mb: float = 0.0
+    peak_device_mb: float | None = None
+    calib_tokens: int = 0
+
+    @property
+    def mean_rel_error(self) -> float:
+        errs = [r.rel_error for r in self.linears]
+        return sum(errs) / len(errs) if errs else float("nan")
+
+
+class _LayerRecorder(nn.Module):
+    """Stands in for decoder layer i during input capture: records its kwargs (and layer 0's input)."""
+
+    def __init__(self, index: int, last: bool, sink: dict) -> None:
+        super().__init__()
+        self.index, self.last, self.sink = index, last, sink
+
+    def forward(self, hidden_states, *args, **kwargs):
+        if self.index == 0:
+            self.sink["hidden"].append(hidden_states.detach().cpu())
+        kwargs.pop("past_key_values", None)
+        kwargs.pop("past_key_value", None)
+        kwargs["use_cache"] = False
+        self.sink["kwargs"][-1][self.index] = kwargs
+        if self.last:
+            raise _Stop
+        return hidden_states
+
+
+def _to(obj, device):
+    if torch.is_tensor(obj):
+        return obj.to(device)
+    if isinstance(obj, tuple):
+        return tuple(_to(o, device) for o in obj)
+    if isinstance(obj, list):
+        return [_to(o, device) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    return obj
+
+
+def capture_inputs(model, spec: ArchSpec, calib: torch.Tensor, batch_size: int, device: torch.device):
+    """Inputs of decoder layer 0 and the keyword arguments each layer receives.
+
+    calib: [S, T] token ids. Returns (hidden, kwargs): hidden is a list of
+    [b, T, H] CPU tensors (one per batch), kwargs[b][i] the kwargs of layer i
+    for batch b (masks and position embeddings differ per layer in Gemma 3).
+    """
+    layers = get_submodule(model, spec.layers)
+    base = get_submodule(model, spec.layers.rpartition(".")[0])
+    originals = list(layers)
+    sink: dict = {"hidden": [], "kwargs": []}
+    for i in range(len(layers)):
+        layers[i] = _LayerRecorder(i, i == len(originals) - 1, sink)
+    moved = [m for m in base.children() if not isinstance(m, nn.ModuleList)]
+    try:
+        for m in moved:
+            m.to(device)
+        with torch.no_grad():
+            for start in range(0, calib.shape[0], batch_size):
+                sink["kwargs"].append({})
+                try:
+                    base(input_ids=calib[start : start + batch_size].to(device), use_cache=False)
+                except _Stop:
+                    pass
+    finally:
+        for i, layer in enumerate(originals):
+            layers[i] = layer
+        for m in moved:
+            m.to("cpu")
+    kwargs = [{i: _to(kw, "cpu") for i, kw in per_batch.items()} for per_batch in sink["kwargs"]]
+    return sink["hidden"], kwargs
+
+
+def _matches(name: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) or p in name.split(".") for p in patterns)
+
+
+def _run_layer(layer, hidden, kwargs, index, device, stop_ok=False):
+    outs = []
+    with torch.no_grad():
+        for b, x in enumerate(hidden):
+            try:
+                y = layer(x.to(device), **_to(kwargs[b][index], device))
+            except _Stop:
+                if not stop_ok:
+                    raise
+                continue
+            y = y[0] if isinstance(y, tuple) else y
+            outs.append(y.detach().cpu())
+    return outs
+
+
+def _quantize_group(layer, names, hidden, kwargs, index, prefix, config, device, summary):
+    """Collect Hessians and input ranges of one set of Linears, solve, swap in W4A8 modules."""
+    mods = {n: get_submodule(layer, n) for n in names}
+    hess = {n: HessianAccumulator(m.in_features, name=f"{prefix}.{n}", device=device) for n, m in mods.items()}
+    obs = {n: ActObserver(config.act, config.calib.seed) for n in names}
+    seen: set[str] = set()
+
+    def hook(name):
+        def fn(_mod, inputs, _out):
+            x = inputs[0].detach()
+            hess[name].add(x)
+            if config.activations_fp8:
+                obs[name].observe(x)
+            seen.add(name)
+            if seen == set(names):
+                seen.clear()
+                raise _Stop
+
+        return fn
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in mods.items()]
+    try:
+        _run_layer(layer, hidden, kwargs, index, device, stop_ok=True)
+    finally:
+        for h in handles:
+            h.remove()
+    for n, m in mods.items():
+        full = f"{prefix}.{n}"
+        w = m.weight.detach().to(device=device, dtype=torch.float32)
+        h = hess[n].hessian()
+        qw = solve(w, h, config, name=full)
+        bias = None if m.bias is None else m.bias.detach()
+        q = W4A8Linear.from_quantized(qw, bias, config.weight.scale_dtype)
+        s_x = obs[n].scale(config.fp8.fp8_max) if config.activations_fp8 else None
+        if s_x is not None:
+            q.set_input_scale(s_x)
+        set_submodule(layer, n, q.to(device))
+        err = relative_output_error(w, qw, h)
+        summary.linears.append(LinearReport(full, tuple(w.shape), err, qw.solve_seconds, s_x))
+
+
+def quantize_model(
+    model, calib: torch.Tensor, config: QuantConfig, device: str | torch.device = "cpu",
+    batch_size: int = 8, progress: bool = True,
+) -> QuantSummary:
+    """Quantize every decoder Linear of `model` in place; returns the run's summary.
+
+    calib: [S, T] token ids (see dpq.io.data.calibration_batches).
+    """
+    if calib.dim() != 2 or calib.numel() == 0:
+        raise ValueError(f"calibration ids must be a non-empty [samples, tokens] tensor, got {tuple(calib.shape)}")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA GPU is available: use --device cpu")
+    spec = spec_for(model.config)
+    torch.manual_seed(config.calib.seed)
+    t0 = time.time()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    summary = QuantSummary(config.method, calib_tokens=calib.numel())
+    model.to("cpu")
+    hidden, kwargs = capture_inputs(model, spec, calib, batch_size, device)
+    layers = get_submodule(model, spec.layers)
+    bar = tqdm(range(len(layers)), desc=f"dpq {config.method}", unit="layer", disable=not progress)
+    for i in bar:
+        prefix = f"{spec.layers}.{i}"
+        layer = layers[i].to(device)
+        for names in spec.sequence:
+            todo = [n for n in names if not _matches(f"{prefix}.{n}", config.ignore)]
+            summary.skipped += [f"{prefix}.{n}" for n in names if n not in todo]
+            if todo:
+                _quantize_group(layer, todo, hidden, kwargs, i, prefix, config, device, summary)
+        hidden = _run_layer(layer, hidden, kwargs, i, device)
+        layers[i] = layer.to("cpu")
+        last = summary.linears[-1] if summary.linears else None
+        if last is not None:
+            bar.set_postfix(err=f"{last.rel_error:.4f}")
+    summary.seconds = time.time() - t0
+    summary.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if device.type == "cuda":
+        summary.peak_device_mb = torch.cuda.max_memory_allocated(device) / 2**20
+    return summary

@@ -1,0 +1,53 @@
+"""Human-readable tables for a quantization run and a checkpoint (rich)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+
+def print_summary(summary, model_name: str = "", console: Console | None = None) -> None:
+    """Per-Linear relative output error and solve time, then totals and peak memory."""
+    console = console or Console(width=max(Console().width, 100))
+    t = Table(title=f"{model_name} {summary.method}: per-layer results")
+    for col in ("Linear", "N x K", "rel. output err", "solve s", "s_x"):
+        t.add_column(col, justify="right" if col != "Linear" else "left")
+    for r in summary.linears:
+        sx = "-" if r.input_scale is None else f"{r.input_scale:.3g}"
+        t.add_row(r.name.removeprefix("model."), f"{r.shape[0]}x{r.shape[1]}", f"{r.rel_error:.4f}", f"{r.solve_seconds:.2f}", sx)
+    console.print(t)
+    solve = sum(r.solve_seconds for r in summary.linears)
+    worst = max(summary.linears, key=lambda r: r.rel_error) if summary.linears else None
+    console.print(
+        f"{len(summary.linears)} Linears quantized ({len(summary.skipped)} ignored), "
+        f"mean rel. output error {summary.mean_rel_error:.4f}"
+        + (f", worst {worst.rel_error:.4f} ({worst.name})" if worst else "")
+        + f"; calibration {summary.calib_tokens} tokens; solve {solve:.1f} s, total {summary.seconds:.1f} s; "
+        f"peak RSS {summary.peak_rss_mb:.0f} MiB"
+        + (f", peak GPU {summary.peak_device_mb:.0f} MiB" if summary.peak_device_mb is not None else "")
+    )
+
+
+def print_info(info: dict, console: Console | None = None) -> None:
+    console = console or Console()
+    s = info["settings"]
+    t = Table(title=f"dpq checkpoint {info['path']}", show_header=False)
+    t.add_column("field")
+    t.add_column("value")
+    fp8 = s["fp8"]["fp8_max"]
+    rows = [
+        ("method", info["method"]),
+        ("model type", str(info["model_type"])),
+        ("format version", str(info["format_version"])),
+        ("weights", f"INT4 {'symmetric' if s['weight']['symmetric'] else 'asymmetric'}, group size {s['weight']['group_size']}, scales {s['weight']['scale_dtype']}"),
+        ("activations", f"FP8 E4M3 static per-tensor ({s['act']['method']}), F = {fp8:g}" if fp8 else "BF16 (W4A16)"),
+        ("solver", f"{s['solver']['algorithm']}, fp8_aware={s['solver']['fp8_aware']}, gar={s['solver']['gar']}, group params {s['solver']['group_params']}"),
+        ("calibration", ", ".join(f"{k}={v}" for k, v in info["calibration"].items())),
+        ("quantized Linears", str(info["quantized_linears"])),
+        ("their weight bytes", f"{info['quantized_weight_bytes'] / 2**20:.2f} MiB (BF16: {info['bf16_weight_bytes'] / 2**20:.2f} MiB)"),
+        ("ratio to BF16", f"{info['ratio_to_bf16']:.3f}"),
+        ("other tensors", f"{info['other_tensor_bytes'] / 2**20:.2f} MiB (embeddings, norms, lm_head: kept in high precision)"),
+    ]
+    for r in rows:
+        t.add_row(*r)
+    console.print(t)

@@ -1,0 +1,74 @@
+"""Streaming Hessian, dead inputs, damping, the Cholesky retry and its failure message."""
+
+import pytest
+import torch
+
+from dpq.algorithms.hessian import (
+    HessianAccumulator,
+    HessianError,
+    hessian_from_inputs,
+    inverse_cholesky,
+    prepare_hessian,
+)
+
+
+def test_streaming_equals_batched():
+    x = torch.randn(3, 50, 24)
+    acc = HessianAccumulator(24)
+    for chunk in (x[0], x[1, :7], x[1, 7:], x[2:]):  # uneven batches, 2-D and 3-D
+        acc.add(chunk)
+    full = x.reshape(-1, 24)
+    expect = 2.0 / full.shape[0] * full.t() @ full
+    assert acc.n == 150
+    torch.testing.assert_close(acc.hessian(), expect, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(hessian_from_inputs(x), expect, rtol=1e-5, atol=1e-5)
+
+
+def test_accumulator_rejects_bad_inputs():
+    acc = HessianAccumulator(8, "layers.0.q_proj")
+    with pytest.raises(HessianError, match=r"layers\.0\.q_proj: no calibration tokens"):
+        acc.hessian()
+    with pytest.raises(HessianError, match="inputs have 9 features.*K=8"):
+        acc.add(torch.randn(4, 9))
+    bad = torch.randn(4, 8)
+    bad[1, 2] = float("nan")
+    with pytest.raises(HessianError, match="NaN or Inf"):
+        acc.add(bad)
+    bad[1, 2] = float("inf")
+    with pytest.raises(HessianError, match="NaN or Inf"):
+        acc.add(bad)
+
+
+def test_dead_inputs_and_damping_do_not_touch_arguments():
+    x = torch.randn(100, 6)
+    x[:, 2] = 0
+    h = hessian_from_inputs(x)
+    w = torch.randn(4, 6)
+    w0, h0 = w.clone(), h.clone()
+    w2, h2, dead = prepare_hessian(w, h, 0.01)
+    assert dead.tolist() == [False, False, True, False, False, False]
+    assert (w2[:, 2] == 0).all() and torch.equal(w, w0) and torch.equal(h, h0)
+    h_dead = h.clone()
+    h_dead[2, 2] = 1
+    damp = 0.01 * torch.diag(h_dead).mean()
+    torch.testing.assert_close(torch.diag(h2), torch.diag(h_dead) + damp)
+
+
+def test_inverse_cholesky_is_factor_of_inverse():
+    x = torch.randn(200, 16)
+    _, h, _ = prepare_hessian(torch.zeros(1, 16), hessian_from_inputs(x), 0.01)
+    u = inverse_cholesky(h)
+    torch.testing.assert_close(u.t() @ u, torch.linalg.inv(h), rtol=1e-3, atol=1e-4)
+    assert torch.equal(u, torch.triu(u))
+
+
+def test_cholesky_retries_with_more_damping():
+    h = torch.ones(8, 8)  # rank one: fails without extra damping
+    u = inverse_cholesky(h, "layers.3.mlp.down_proj")
+    assert torch.isfinite(u).all()
+
+
+def test_cholesky_failure_names_layer_and_fix():
+    h = -torch.eye(8)  # negative definite: no damping helps
+    with pytest.raises(HessianError, match=r"layers\.3\.mlp\.down_proj.*raise damping or add calibration samples"):
+        inverse_cholesky(h, "layers.3.mlp.down_proj")

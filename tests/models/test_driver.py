@@ -1,0 +1,100 @@
+"""The calibration pipeline on a tiny random Llama (seconds) and on SmolLM2 (slow)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import dpq
+from dpq.config import CalibSpec, QuantConfig
+from dpq.models.loading import load_float_model
+from dpq.models.specs import UnsupportedArchitecture, spec_for
+from dpq.nn.linear import W4A8Linear
+
+CALIB = CalibSpec(samples=4, seq_len=64)
+
+
+def _quantize(path, method="dpq-gar", **kw):
+    model, tok, _ = load_float_model(str(path))
+    cfg = QuantConfig.for_method(method, group_size=64, calib=CALIB, **kw)
+    summary = dpq.quantize(model, tok, cfg, progress=False)
+    return model, tok, cfg, summary
+
+
+@pytest.mark.parametrize("method", ["dpq-gar", "dpq", "naive-w4a8", "rtn-w4a8", "gptq-w4a16", "rtn-w4a16"])
+def test_every_decoder_linear_is_quantized(tiny_llama_dir, method):
+    model, tok, cfg, summary = _quantize(tiny_llama_dir, method)
+    quantized = [n for n, m in model.named_modules() if isinstance(m, W4A8Linear)]
+    assert len(quantized) == 2 * 7 == len(summary.linears)
+    assert isinstance(model.lm_head, torch.nn.Linear) and not isinstance(model.lm_head, W4A8Linear)
+    for r in summary.linears:
+        assert 0 <= r.rel_error < 0.5, r
+        assert (r.input_scale is not None) == cfg.activations_fp8
+    ids = tok("Hello world, this is a test", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.isfinite(model(ids).logits).all()
+
+
+def test_quantized_outputs_are_close_to_float(tiny_llama_dir):
+    ref, tok, _ = load_float_model(str(tiny_llama_dir))
+    model, _, _, _ = _quantize(tiny_llama_dir, "dpq-gar")
+    ids = tok("The quick brown fox jumps over the lazy dog", return_tensors="pt").input_ids
+    with torch.no_grad():
+        a, b = ref(ids).logits, model(ids).logits
+    # A random 2-layer model quantized to 4 bits: logits move, but stay correlated.
+    cos = torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0)
+    assert cos > 0.9
+
+
+def test_deterministic_for_a_seed(tiny_llama_dir):
+    m1, *_ = _quantize(tiny_llama_dir, "dpq-gar")
+    m2, *_ = _quantize(tiny_llama_dir, "dpq-gar")
+    for (n, a), (_, b) in zip(m1.state_dict().items(), m2.state_dict().items()):
+        assert torch.equal(a, b), n
+
+
+def test_ignore_keeps_modules_in_float(tiny_llama_dir):
+    model, _, _, summary = _quantize(tiny_llama_dir, "rtn-w4a8", ignore=("down_proj", "model.layers.1.self_attn.*"))
+    assert not isinstance(model.model.layers[0].mlp.down_proj, W4A8Linear)
+    assert not isinstance(model.model.layers[1].self_attn.q_proj, W4A8Linear)
+    assert isinstance(model.model.layers[0].self_attn.q_proj, W4A8Linear)
+    assert len(summary.skipped) == 2 + 4
+
+
+def test_unknown_architecture_lists_supported():
+    class Cfg:
+        model_type = "gpt2"
+
+    with pytest.raises(UnsupportedArchitecture, match=r"Supported: Llama.*specs.py"):
+        spec_for(Cfg())
+
+
+def test_bad_calibration_inputs(tiny_llama_dir):
+    model, tok, _ = load_float_model(str(tiny_llama_dir))
+    cfg = QuantConfig.for_method("rtn-w4a8", group_size=64)
+    with pytest.raises(ValueError, match="non-empty"):
+        dpq.quantize(model, tok, cfg, calib=torch.zeros(0, 8, dtype=torch.long), progress=False)
+    with pytest.raises(FileNotFoundError, match="calibration source"):
+        dpq.quantize(model, tok, QuantConfig.for_method("rtn-w4a8", calib=CalibSpec(source="/nope.txt")), progress=False)
+
+
+def test_group_size_larger_than_k_is_refused(tiny_llama_dir):
+    model, tok, _ = load_float_model(str(tiny_llama_dir))
+    cfg = QuantConfig.for_method("dpq", group_size=256, calib=CALIB)
+    with pytest.raises(ValueError, match="group_size=256"):
+        dpq.quantize(model, tok, cfg, progress=False)
+
+
+@pytest.mark.slow
+def test_smollm2_pipeline_tiny_calibration(smollm2):
+    model, tok = copy.deepcopy(smollm2[0]), smollm2[1]
+    cfg = QuantConfig.for_method("dpq-gar", calib=CalibSpec(samples=2, seq_len=64))
+    summary = dpq.quantize(model, tok, cfg, progress=False)
+    assert len(summary.linears) == 30 * 7
+    assert summary.mean_rel_error < 0.2
+    ids = tok("The capital of France is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=4, do_sample=False)
+    assert "Paris" in tok.decode(out[0])

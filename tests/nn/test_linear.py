@@ -1,0 +1,109 @@
+"""W4A8Linear through each backend: the Triton path (interpreter on the CPU) equals the reference path."""
+
+import math
+
+import pytest
+import torch
+
+from dpq.kernels import ops
+from dpq.nn.linear import W4A8Linear
+from dpq.numerics.fp8 import protective_range
+from dpq.numerics.int4 import compute_group_params, quantize
+from dpq.numerics.qweight import QuantizedWeight
+
+FP8_GPU = torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)
+DEVICE = torch.device("cuda" if FP8_GPU else "cpu")
+
+
+def make_module(n=24, k=160, g=64, symmetric=False, fp8_max=448.0, bias=True, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=gen) * 0.05
+    f = 448.0 if fp8_max is None else fp8_max
+    s_w = 2.0 ** math.ceil(math.log2(float(w.abs().max()) / protective_range(f)))
+    scale, zero = compute_group_params(w / s_w, g, symmetric, torch.bfloat16)
+    qw = QuantizedWeight(quantize(w / s_w, scale, zero, g), scale, zero, s_w, g, fp8_max)
+    b = torch.randn(n, generator=gen) if bias else None
+    m = W4A8Linear.from_quantized(qw, b)
+    if fp8_max is not None:
+        m.set_input_scale(0.05)
+    return m.to(DEVICE)
+
+
+@pytest.fixture(autouse=True)
+def _reset_backend():
+    ops.set_backend(None)
+    yield
+    ops.set_backend(None)
+
+
+def run(module, x, backend):
+    ops.set_backend(backend)
+    with torch.no_grad():
+        return module(x)
+
+
+def test_auto_backend_on_cpu_is_reference(monkeypatch):
+    monkeypatch.delenv("DPQ_KERNEL", raising=False)
+    assert ops.choose_backend(torch.device("cpu")) == "reference"
+
+
+def test_env_setting_and_bad_names(monkeypatch):
+    monkeypatch.setenv("DPQ_KERNEL", "reference")
+    assert ops.choose_backend(torch.device("cpu")) == "reference"
+    monkeypatch.setenv("DPQ_KERNEL", "cuda")
+    with pytest.raises(ValueError, match="DPQ_KERNEL"):
+        ops.get_backend()
+    with pytest.raises(ValueError, match="backend"):
+        ops.set_backend("fast")
+
+
+def test_forced_triton_on_cpu_without_interpreter_fails_clearly(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    ops.set_backend("triton")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1|triton is not installed"):
+        ops.choose_backend(torch.device("cpu"))
+
+
+triton_needed = pytest.mark.skipif(ops.triton_unavailable_reason(DEVICE) is not None,
+                                   reason=str(ops.triton_unavailable_reason(DEVICE)))
+
+
+@triton_needed
+@pytest.mark.parametrize("sym,bias,fmax,g", [(False, True, 448.0, 64), (True, False, 240.0, 128)])
+def test_module_triton_matches_reference(sym, bias, fmax, g):
+    m = make_module(n=24, k=576 if g == 128 else 160, g=g, symmetric=sym, fp8_max=fmax, bias=bias)
+    x = (torch.randn(2, 5, m.in_features) * 2).to(torch.bfloat16).to(DEVICE)  # [B, T, K]
+    y_ref = run(m, x, "reference")
+    y_tri = run(m, x, "triton")
+    assert y_tri.shape == (2, 5, 24) and y_tri.dtype == torch.bfloat16
+    # same FP8 operands, fp32 accumulation; only summation order differs, which can move the
+    # BF16 rounding by one step (2^-8 relative, rtol 2^-7 for a flipped tie); atol for cancellation
+    torch.testing.assert_close(y_tri.float(), y_ref.float(), rtol=2**-7, atol=1e-5 * float(y_ref.abs().max()))
+
+
+@triton_needed
+def test_kernel_state_cached_and_invalidated():
+    from dpq.kernels.triton_w4a8 import repack_for_kernel
+
+    m = make_module()
+    x = torch.randn(3, m.in_features).to(torch.bfloat16).to(DEVICE)
+    y0 = run(m, x, "triton")
+    state = m._kernel_state
+    assert state is not None and repack_for_kernel(m) is state  # built once, reused
+    m.qweight.copy_(torch.flip(m.qweight, dims=[1]))  # in place: the cached layout is stale
+    y1 = run(m, x, "triton")
+    assert m._kernel_state is not state and not torch.equal(y0, y1)
+    torch.testing.assert_close(y1.float(), run(m, x, "reference").float(), rtol=2**-7,
+                               atol=1e-5 * float(y1.float().abs().max()))  # as above
+    m.set_input_scale(0.1)  # s_x is read from the buffer at every call: no repack needed
+    torch.testing.assert_close(run(m, x, "triton").float(), run(m, x, "reference").float(), rtol=2**-7,
+                               atol=1e-5 * float(y1.float().abs().max()))  # as above
+    m.to(DEVICE)  # _apply invalidates
+    assert m._kernel_state is None
+
+
+@triton_needed
+def test_w4a16_module_under_triton_runs_reference():
+    m = make_module(fp8_max=None)
+    x = torch.randn(4, m.in_features).to(torch.bfloat16).to(DEVICE)
+    assert torch.equal(run(m, x, "triton"), run(m, x, "reference"))  # the same reference code runs

@@ -1,0 +1,72 @@
+"""The command line, run in-process on a tiny random Llama."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dpq.cli import main
+
+
+@pytest.fixture(scope="module")
+def cli_ckpt(tiny_llama_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "q"
+    rc = main(["quantize", str(tiny_llama_dir), "--out", str(out), "--calib-samples", "4", "--seq-len", "64",
+               "--group-size", "64", "--method", "dpq-gar"])
+    assert rc == 0
+    return out
+
+
+def test_quantize_writes_checkpoint_and_table(cli_ckpt, capsys):
+    assert (cli_ckpt / "model.safetensors").is_file() and (cli_ckpt / "config.json").is_file()
+
+
+def test_info_json(cli_ckpt, capsys):
+    assert main(["info", str(cli_ckpt), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["method"] == "dpq-gar" and info["ratio_to_bf16"] <= 0.3
+
+
+def test_info_table(cli_ckpt, capsys):
+    assert main(["info", str(cli_ckpt)]) == 0
+    out = capsys.readouterr().out
+    assert "ratio to BF16" in out and "dpq-gar" in out
+
+
+def test_generate(cli_ckpt, capsys):
+    assert main(["generate", str(cli_ckpt), "--prompt", "Hello", "--max-new-tokens", "3"]) == 0
+    assert capsys.readouterr().out.startswith("Hello")
+
+
+def test_existing_out_is_refused(cli_ckpt, tiny_llama_dir, capsys):
+    assert main(["quantize", str(tiny_llama_dir), "--out", str(cli_ckpt)]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--fp8-max", "1000"], "fp8_max=1000"),
+        (["--group-size", "0"], "group_size=0"),
+        (["--calib-samples", "0"], "at least one sample"),
+        (["--calib", "/does/not/exist.txt"], "calibration source"),
+    ],
+)
+def test_bad_settings(tiny_llama_dir, tmp_path, capsys, args, message):
+    rc = main(["quantize", str(tiny_llama_dir), "--out", str(tmp_path / "o"), *args])
+    assert rc == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_unknown_method_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["quantize", "--out", "x", "--method", "awq"])
+    assert e.value.code == 2
+
+
+def test_missing_model(tmp_path, capsys):
+    (tmp_path / "m").mkdir()
+    assert main(["quantize", str(tmp_path / "m"), "--out", str(tmp_path / "o")]) == 2
+    assert "no config.json" in capsys.readouterr().err
