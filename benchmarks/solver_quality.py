@@ -95,6 +95,8 @@ def run_model(model_name: str, args) -> list[dict]:
     stats = capture(model, layer_ids, calib, held, args.batch)
     print(f"[{model_name}] captured {len(stats)} Linears of layers {layer_ids} in {time.perf_counter() - t0:.0f}s")
     rows = []
+    capture_threads = torch.get_num_threads()
+    torch.set_num_threads(args.solve_threads)  # the column loop is many small ops: threads only contend
     for key, st in stats.items():
         w = st["mod"].weight.detach().float()
         h = st["acc"].hessian()
@@ -113,6 +115,7 @@ def run_model(model_name: str, args) -> list[dict]:
                 "solve_seconds": qw.solve_seconds,
             })
         print(f"[{model_name}] {key} done", flush=True)
+    torch.set_num_threads(capture_threads)
     del model
     return rows
 
@@ -164,6 +167,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4, help="windows per forward pass")
     ap.add_argument("--group-size", type=int, default=128)
     ap.add_argument("--fp8-max", type=float, default=448.0)
+    ap.add_argument("--solve-threads", type=int, default=1, help="torch threads while solving")
     args = ap.parse_args()
     torch.manual_seed(0)
     rows = []

@@ -3,7 +3,7 @@
 Shapes W [N, K]: 4096x4096 (q/k/v/o), 11008x4096 (gate/up), 4096x11008 (down).
 H comes from 2048 random Gaussian tokens (damping makes it positive definite).
 Each timing is the whole `solve` call (Hessian preparation, Cholesky, loop),
-the best of --reps runs. Both solvers use asymmetric g128, sequential order,
+the best of --reps runs, CPU with --threads torch threads. Both solvers use asymmetric g128, sequential order,
 updated group parameters, so the ratio isolates the cost of the FP8 cast.
 
     python benchmarks/solver_speed.py --json benchmarks/results/solver_speed.json [--reps 1] [--devices cpu,cuda]
@@ -42,7 +42,9 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--tokens", type=int, default=2048)
     ap.add_argument("--devices", default="cpu,cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: the machine is shared)")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     gptq = QuantConfig.for_method("naive-w4a8")  # GPTQ, fp8_aware False
     dpq = QuantConfig.for_method("dpq")
     rows = []

@@ -62,6 +62,18 @@ def load(path: str, device: str = "cpu", dtype: torch.dtype | None = None):
     return _load(path, device=device, dtype=dtype)
 
 
+def export(path: str, out: str, format: str = "compressed-tensors", target: str | None = None,
+           overwrite: bool = False) -> Path:
+    """Write the dpq checkpoint `path` as a compressed-tensors model directory `out` (atomic).
+
+    target: "paper" or "vllm-w4afp8"; None keeps the checkpoint's own. Refuses, with the
+    reason, what the format or vLLM cannot express (dpq.io.export.ExportError).
+    """
+    from dpq.io.export import export as _export  # noqa: PLC0415
+
+    return _export(path, out, format=format, target=target, overwrite=overwrite)
+
+
 def info(path: str) -> dict:
     """What a checkpoint holds: method, settings, sizes of the quantized Linears against BF16."""
     from safetensors import safe_open  # noqa: PLC0415

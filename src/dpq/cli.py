@@ -32,6 +32,9 @@ def _add_quantize(sub) -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--batch-size", type=int, default=8, help="calibration sequences per forward")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--target", default="paper", choices=["paper", "vllm-w4afp8"],
+                   help="numerics to calibrate for: paper (asymmetric INT4, static FP8 activations) or "
+                        "vllm-w4afp8 (vLLM's W4AFP8: symmetric INT4 g128, per-token FP8; implies --sym)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=cmd_quantize)
 
@@ -43,10 +46,12 @@ def cmd_quantize(a) -> int:
 
     if os.path.exists(a.out) and not a.overwrite:
         raise ConfigError(f"--out {a.out} already exists: choose another directory or pass --overwrite")
+    if a.target == "vllm-w4afp8" and (a.group_size != 128 or a.fp8_max != 448.0):
+        raise ConfigError("--target vllm-w4afp8 runs vLLM's W4A8 kernel: it needs --group-size 128 and --fp8-max 448")
     config = QuantConfig.for_method(
-        a.method, group_size=a.group_size, symmetric=a.sym, fp8_max=a.fp8_max,
+        a.method, group_size=a.group_size, symmetric=a.sym or a.target == "vllm-w4afp8", fp8_max=a.fp8_max,
         act=ActSpec(method=a.act_scale), calib=CalibSpec(a.calib, a.calib_samples, a.seq_len, a.seed),
-        ignore=tuple(a.ignore), group_params=a.group_params,
+        ignore=tuple(a.ignore), group_params=a.group_params, target=a.target,
     )
     model, tok, src = load_float_model(a.model)
     summary = dpq.quantize(model, tok, config, device=a.device, batch_size=a.batch_size)
@@ -72,6 +77,25 @@ def cmd_generate(a) -> int:
     return 0
 
 
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="write a dpq checkpoint as a compressed-tensors model (transformers, vLLM)")
+    p.add_argument("path", help="dpq checkpoint directory")
+    p.add_argument("--format", default="compressed-tensors", choices=["compressed-tensors"])
+    p.add_argument("--out", required=True, help="directory to write (must not exist)")
+    p.add_argument("--target", default=None, choices=["paper", "vllm-w4afp8"],
+                   help="default: the target the checkpoint was calibrated for")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(a) -> int:
+    import dpq  # noqa: PLC0415
+
+    out = dpq.export(a.path, a.out, format=a.format, target=a.target, overwrite=a.overwrite)
+    print(f"wrote {out}")
+    return 0
+
+
 def _add_info(sub) -> None:
     p = sub.add_parser("info", help="what a checkpoint holds, its settings, its size against BF16")
     p.add_argument("path")
@@ -91,11 +115,111 @@ def cmd_info(a) -> int:
     return 0
 
 
+def _eval_options(p, default_max_windows=None) -> None:
+    p.add_argument("--ppl", default="wikitext2", choices=["wikitext2", "none"], help="perplexity data set, or none")
+    p.add_argument("--seq-len", type=int, default=2048, help="perplexity window in tokens")
+    p.add_argument("--max-windows", type=int, default=default_max_windows, help="use only the first N windows")
+    p.add_argument("--tasks", default="", help="comma-separated: piqa,arc_easy,arc_challenge,boolq,openbookqa,"
+                   "winogrande,lambada,hellaswag,mmlu")
+    p.add_argument("--limit", type=float, default=None, help="examples per task (lm-eval --limit)")
+    p.add_argument("--num-fewshot", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=1, help="lm-eval batch size")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--json", dest="json_out", default=None, metavar="FILE", help="write the results as JSON")
+
+
+def _eval_kwargs(a) -> dict:
+    limit = a.limit
+    if limit is not None and float(limit).is_integer():
+        limit = int(limit)
+    return {
+        "ppl": None if a.ppl == "none" else a.ppl,
+        "seq_len": a.seq_len,
+        "max_windows": a.max_windows,
+        "tasks": [t.strip() for t in a.tasks.split(",") if t.strip()],
+        "limit": limit,
+        "num_fewshot": a.num_fewshot,
+        "batch_size": a.batch_size,
+    }
+
+
+def _write_json(path: str | None, obj) -> None:
+    if path:
+        from pathlib import Path  # noqa: PLC0415
+
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(str(path) + ".tmp")
+        tmp.write_text(json.dumps(obj, indent=2, default=str))
+        tmp.replace(path)
+        print(f"wrote {path}")
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="WikiText-2 perplexity and zero-shot tasks of a float model or a checkpoint")
+    p.add_argument("model", nargs="?", default=None, help="dpq checkpoint directory or float model (default smollm2-135m)")
+    _eval_options(p)
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(a) -> int:
+    from dpq.eval.report import to_markdown  # noqa: PLC0415
+    from dpq.eval.run import evaluate_path  # noqa: PLC0415
+
+    result = evaluate_path(a.model, device=a.device, **_eval_kwargs(a))
+    print(to_markdown([result]))
+    _write_json(a.json_out, result)
+    return 0
+
+
+def _add_compare(sub) -> None:
+    p = sub.add_parser("compare", help="quantize with several methods on the same calibration data and evaluate each")
+    p.add_argument("model", nargs="?", default=None, help="float model (default smollm2-135m)")
+    p.add_argument("--methods", default="bf16,rtn-w4a16,gptq-w4a16,rtn-w4a8,naive-w4a8,dpq,dpq-gar",
+                   help="comma-separated; bf16 is the float model")
+    p.add_argument("--calib", default="wikitext2")
+    p.add_argument("--calib-samples", type=int, default=128)
+    p.add_argument("--calib-seq-len", type=int, default=2048)
+    p.add_argument("--group-size", type=int, default=128)
+    p.add_argument("--sym", action="store_true")
+    p.add_argument("--fp8-max", type=float, default=448.0)
+    p.add_argument("--act-scale", default="maxabs", choices=["maxabs", "percentile", "mse"])
+    p.add_argument("--group-params", default="updated", choices=["updated", "frozen"])
+    p.add_argument("--seed", type=int, default=0)
+    _eval_options(p)
+    p.add_argument("--markdown", default=None, metavar="FILE.md", help="write the table as markdown")
+    p.add_argument("--plot", default=None, metavar="FILE.png", help="plot perplexity and average accuracy per method")
+    p.set_defaults(func=cmd_compare)
+
+
+def cmd_compare(a) -> int:
+    from pathlib import Path  # noqa: PLC0415
+
+    from dpq.eval.compare import compare  # noqa: PLC0415
+    from dpq.eval.report import plot, to_markdown  # noqa: PLC0415
+
+    quant_kwargs = dict(
+        group_size=a.group_size, symmetric=a.sym, fp8_max=a.fp8_max, act=ActSpec(method=a.act_scale),
+        calib=CalibSpec(a.calib, a.calib_samples, a.calib_seq_len, a.seed), group_params=a.group_params,
+    )
+    methods = [m.strip() for m in a.methods.split(",") if m.strip()]
+    results = compare(a.model, methods, quant_kwargs, _eval_kwargs(a), device=a.device)
+    table = to_markdown(results)
+    print(table)
+    if a.markdown:
+        Path(a.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.markdown).write_text(table + "\n")
+        print(f"wrote {a.markdown}")
+    if a.plot:
+        print(f"wrote {plot(results, a.plot)}")
+    _write_json(a.json_out, results)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dpq", description="W4A8 quantization of LLMs with DPQ and GAR")
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_quantize, _add_generate, _add_info):
+    for add in (_add_quantize, _add_generate, _add_info, _add_eval, _add_compare, _add_export):
         add(sub)
     return parser
 

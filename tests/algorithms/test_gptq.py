@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from dpq.algorithms import hessian_from_inputs, prepare_hessian, relative_output_error, solve
+from dpq.algorithms.gptq import aligned_blocks
 from dpq.config import QuantConfig, SolverSpec
 from dpq.numerics.fp8 import fp8_cast
 from dpq.numerics.int4 import compute_group_params
@@ -151,3 +152,16 @@ def test_fp8_aware_without_fp8(layer):
     cfg = dataclasses.replace(cfg, solver=SolverSpec(fp8_aware=True, gar=False))
     with pytest.raises(ValueError, match="fp8_aware needs fp8_max"):
         solve(w, h, cfg)
+
+
+@pytest.mark.parametrize("sizes", [[64, 128, 128], [32] * 9, [256, 256, 64], [576], [128, 64, 128]])
+def test_blocks_align_with_groups(sizes):
+    gid = torch.cat([torch.full((s,), i) for i, s in enumerate(sizes)])
+    blocks = aligned_blocks(gid, 128)
+    assert blocks[0][0] == 0 and blocks[-1][1] == gid.numel()
+    assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:])) and all(0 < e - s <= 128 for s, e in blocks)
+    # A group either lies inside one block or starts one (so its first column sees every update).
+    for i, size in enumerate(sizes):
+        gs = sum(sizes[:i])
+        inside = any(s <= gs and gs + size <= e for s, e in blocks)
+        assert inside or any(s == gs for s, _ in blocks)

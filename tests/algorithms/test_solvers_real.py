@@ -13,9 +13,9 @@ LAYERS = (0, 15)
 
 
 @pytest.fixture(scope="module")
-def real_layers(smollm2_float):
+def real_layers(smollm2):
     """{name: (W [N, K], H [K, K], X [T, K], s_x)} for every Linear of decoder layers 0 and 15."""
-    model, tok = smollm2_float
+    model, tok = smollm2
     ids = calibration_batches(tok, "wikitext2", samples=8, seq_len=256, seed=0)
     acc, xs, hooks = {}, {}, []
     for li in LAYERS:

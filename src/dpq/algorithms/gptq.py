@@ -23,6 +23,7 @@ from dpq.algorithms.common import (
 from dpq.algorithms.gar import gar_permutation, invert_permutation
 from dpq.algorithms.hessian import SOLVER_DTYPE, inverse_cholesky, prepare_hessian
 from dpq.config import QuantConfig
+from dpq.numerics import vllm_w4afp8
 from dpq.numerics.fp8 import fp8_cast
 from dpq.numerics.int4 import MAXQ, compute_group_params, group_params
 from dpq.numerics.qweight import QuantizedWeight
@@ -38,7 +39,7 @@ def column_order(diag: torch.Tensor, k: int, g: int, gar: bool, act_order: bool)
 
 
 def aligned_blocks(gid: torch.Tensor, block_size: int) -> list[tuple[int, int]]:
-    """Lazy-batch blocks [(i1, i2)] over the visit order so that every group starts a block.
+    """Lazy-batch blocks [(i1, i2)] over the visit order; a group lies inside one block or starts one.
 
     gid: [K] group of each visited column. Whole groups are packed into blocks
     of at most block_size columns; a larger group is cut into block_size chunks.
@@ -72,7 +73,11 @@ def gptq_solve(w: torch.Tensor, h: torch.Tensor, config: QuantConfig, name: str 
     spec, f = config.solver, config.fp8.fp8_max
     g = check_group_size(k, config.weight.group_size, name)
     sym, sdtype = config.weight.symmetric, scale_dtype(config)
-    static = spec.group_params == "frozen" or spec.act_order
+    vllm = config.target == "vllm-w4afp8"  # simulate vLLM's W4AFP8 numerics (dpq.numerics.vllm_w4afp8)
+    if vllm and not sym:
+        raise ValueError(f"{name or 'layer'}: target vllm-w4afp8 needs symmetric INT4 (vLLM's kernel has no zero points)")
+    # vLLM's per-channel scale depends on every group scale of a row: group parameters must be known up front.
+    static = spec.group_params == "frozen" or spec.act_order or vllm
     if spec.fp8_aware and f is None:
         raise ValueError(f"{name or 'layer'}: fp8_aware needs fp8_max; use fp8_aware=False for W4A16")
     w = as_solver_dtype(w).to(h.device)
@@ -89,6 +94,9 @@ def gptq_solve(w: torch.Tensor, h: torch.Tensor, config: QuantConfig, name: str 
         n_groups = (k + g - 1) // g
         scale = torch.zeros(n, n_groups, dtype=SOLVER_DTYPE, device=w.device)
         zero = torch.zeros_like(scale)
+    if vllm:  # what vLLM builds at load from the real-unit scales (its floor acts in real units)
+        s8, chan = vllm_w4afp8.load_time_scales(scale * s_w)
+        chan = (chan / s_w).unsqueeze(1)  # (N, 1), back in the W / s_w domain (exact: power of two)
 
     # 3. Visit order (GAR / act-order / sequential), applied to W's columns and to H.
     perm = column_order(torch.diag(h), k, g, spec.gar, spec.act_order)
@@ -118,7 +126,9 @@ def gptq_solve(w: torch.Tensor, h: torch.Tensor, config: QuantConfig, name: str 
             x = w1[:, i]
             q = torch.clamp(torch.round(x / s) + z, 0, MAXQ)
             xq = (q - z) * s
-            if spec.fp8_aware:
+            if spec.fp8_aware and vllm:
+                xq = fp8_cast((q - z) * s8[:, grp]) * chan[:, 0]  # vLLM: fp8(q * s8) times the channel scale
+            elif spec.fp8_aware:
                 xq = fp8_cast(xq, f)  # the FP8 weight the hardware multiplies (saturates at F)
             q_all[:, col] = q
             # 7. Error feedback to the rest of the block.
@@ -147,6 +157,7 @@ def gptq_solve(w: torch.Tensor, h: torch.Tensor, config: QuantConfig, name: str 
             "group_params": "static" if static else "updated",
             "order": "gar" if spec.gar else "act_order" if spec.act_order else "sequential",
             "dead_inputs": int(dead.sum()),
+            "target": config.target,
         },
     )
 

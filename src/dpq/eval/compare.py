@@ -8,6 +8,7 @@ is one `dpq.eval.run.evaluate` dict.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import gc
 import time
 from collections.abc import Callable
@@ -30,6 +31,10 @@ def _check_methods(methods) -> list[str]:
     if not methods:
         raise ValueError("no methods to compare")
     return methods
+
+
+def _plain(value):
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
 
 
 def _default_quantize(model, tokenizer, config, calib=None, device="cpu", progress=True):
@@ -63,7 +68,8 @@ def compare(
     """
     methods = _check_methods(methods)
     quant_kwargs = dict(quant_kwargs or {})
-    eval_kwargs = dict(eval_kwargs or {})
+    eval_kwargs = {k: v for k, v in (eval_kwargs or {}).items() if k not in ("name", "progress")}
+    device = eval_kwargs.pop("device", device)
     resolve_tasks(eval_kwargs.get("tasks", ()))  # fail on a bad task name before loading anything
     configs = {m: QuantConfig.for_method(m, **quant_kwargs) for m in methods if m != FLOAT}
     quantize_fn = quantize_fn or _default_quantize
@@ -81,7 +87,7 @@ def compare(
         from dpq.io.data import calibration_batches, fingerprint  # noqa: PLC0415
 
         calib = calibration_batches(tok, calib_spec.source, calib_spec.samples, calib_spec.seq_len, calib_spec.seed)
-        calib_info = {**vars(calib_spec), "fingerprint": fingerprint(calib)}
+        calib_info = {**dataclasses.asdict(calib_spec), "fingerprint": fingerprint(calib)}
     results = {}
     for method in methods:
         t0 = time.perf_counter()
@@ -103,5 +109,5 @@ def compare(
         "methods": methods,
         "results": results,
         "calibration": calib_info,
-        "quant_kwargs": {k: (vars(v) if isinstance(v, CalibSpec) else v) for k, v in quant_kwargs.items()},
+        "quant_kwargs": {k: _plain(v) for k, v in quant_kwargs.items()},
     }

@@ -86,9 +86,10 @@ def plot(results, path) -> Path:
 
     rows = _rows(results)
     methods = [str(r.get("method")) for r in rows]
+    averages = [None if r.get("average") is None else 100 * r["average"] for r in rows]
     panels = [
         ("WikiText-2 perplexity (lower is better)", [r.get("wikitext2_ppl") for r in rows]),
-        ("average accuracy, % (higher is better)", [None if r.get("average") is None else 100 * r["average"] for r in rows]),
+        ("average accuracy, % (higher is better)", averages),
     ]
     panels = [(title, vals) for title, vals in panels if any(v is not None for v in vals)]
     if not panels:

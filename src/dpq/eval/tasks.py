@@ -204,14 +204,19 @@ TASKS: dict[str, TaskSpec] = {
 
 
 def resolve_tasks(names) -> list[TaskSpec]:
-    """Specs for user task names (a list, or one comma-separated string); unknown names raise TaskError."""
+    """Specs for user task names (a list, or one comma-separated string; "all" is every task).
+
+    Unknown names raise TaskError listing the valid ones.
+    """
     if isinstance(names, str):
         names = [n for n in names.split(",") if n.strip()]
+    names = [n.strip().lower() for n in names]
+    if "all" in names:
+        names = list(TASKS)
     specs = []
     for n in names:
-        n = n.strip().lower()
         if n not in TASKS:
-            raise TaskError(f"unknown task {n!r}: use one of {', '.join(TASKS)}")
+            raise TaskError(f"unknown task {n!r}: use one of {', '.join(TASKS)} (or all)")
         if TASKS[n] not in specs:
             specs.append(TASKS[n])
     return specs
@@ -226,12 +231,7 @@ def _offline() -> bool:
 
 def local_data_root() -> Path | None:
     """The data directory when it holds tasks/; None when there is none and the network may be used."""
-    try:
-        root = data_dir()
-    except DataError:
-        if _offline():
-            raise
-        root = None
+    root = data_dir()  # a DPQ_DATA_DIR that is not a directory raises here
     if root is not None and (root / "tasks").is_dir():
         return root
     if _offline():

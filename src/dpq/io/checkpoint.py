@@ -12,6 +12,7 @@ that fails leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -90,10 +91,7 @@ def save(model, tokenizer, out_dir: str | os.PathLike, config: QuantConfig, cali
     modules = quantized_modules(model)
     if not modules:
         raise CheckpointError("the model has no quantized Linears: run dpq.quantize first")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    tmp.chmod(0o755)
-    try:
+    with atomic_directory(out, overwrite) as tmp:
         tensors, aliases = _dedup_state(model)
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt", "dpq_format_version": str(FORMAT_VERSION)})
@@ -108,6 +106,23 @@ def save(model, tokenizer, out_dir: str | os.PathLike, config: QuantConfig, cali
             _save_tokenizer(tokenizer, tmp)
         files = {p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir()) if p.is_file()}
         (tmp / MANIFEST).write_text(json.dumps({"format_version": FORMAT_VERSION, "files": files}, indent=2))
+    return out
+
+
+@contextlib.contextmanager
+def atomic_directory(out: Path, overwrite: bool = False):
+    """Yield a temporary sibling directory that replaces `out` when the block ends without error.
+
+    A failure removes the temporary directory and leaves `out` as it was.
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise CheckpointError(f"{out} already exists: choose another --out or remove it first")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp.chmod(0o755)
+    try:
+        yield tmp
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             out.rename(old)
@@ -118,7 +133,6 @@ def save(model, tokenizer, out_dir: str | os.PathLike, config: QuantConfig, cali
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out
 
 
 def _save_tokenizer(tokenizer, path: Path) -> None:
@@ -204,7 +218,7 @@ def check_quantized_tensors(tensors: dict[str, torch.Tensor], name: str, k: int,
         "zeros": ((n, g), torch.uint8),
         "weight_scale": ((), torch.float32),
     }
-    if config.fp8.enabled:
+    if config.fp8.enabled and config.target == "paper":  # vllm-w4afp8 scales activations per token at run time
         want["input_scale"] = ((), torch.float32)
     for leaf, (shape, dtype) in want.items():
         key = f"{name}.{leaf}"

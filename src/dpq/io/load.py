@@ -55,7 +55,8 @@ def load(path: str, device: str = "cpu", dtype: torch.dtype | None = None, verif
             raise CheckpointError(f"quantized module {name} is {n}x{k} in the checkpoint but {lin.out_features}x{lin.in_features} in the model config")
         check_quantized_tensors(tensors, name, k, n, config)
         has_bias = f"{name}.bias" in tensors
-        q = W4A8Linear(k, n, has_bias, config.weight.group_size, config.fp8.fp8_max, config.weight.scale_dtype)
+        q = W4A8Linear(k, n, has_bias, config.weight.group_size, config.fp8.fp8_max, config.weight.scale_dtype,
+                       config.target)
         set_submodule(model, name, q)
     expected = model.state_dict()
     tied = block.get("tied", {})

@@ -78,3 +78,28 @@ def w4a8_linear(
     k = x.shape[-1]
     w = dequant_weight(packed, scale, zero, k, group_size, fp8_max)
     return linear_from_dequant(x, w, s_w, s_x, bias, fp8_max)
+
+
+def vllm_dequant_weight(packed: torch.Tensor, scales: torch.Tensor, k: int, group_size: int) -> torch.Tensor:
+    """Target vllm-w4afp8: packed codes [N, ceil(K/2)], real-unit group scales [N, G] ->
+    the real-unit weight vLLM applies, chan * fp8((q - 8) * s8), [N, K] float32 (dpq.numerics.vllm_w4afp8)."""
+    from dpq.numerics.vllm_w4afp8 import effective_weight  # noqa: PLC0415
+
+    return effective_weight(unpack_int4(packed, k), scales, group_size)
+
+
+def linear_per_token(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """y [..., N] BF16 with dynamic per-token FP8 activations (vLLM's W4AFP8 numerics).
+
+    x [..., K]; w [N, K] float32 real-unit weight from `vllm_dequant_weight`.
+    y = (fp8(x / a) @ w^T) * a, a = max(max|x_row| / 448, 1/(448*512)) per token.
+    """
+    from dpq.numerics.vllm_w4afp8 import quantize_per_token  # noqa: PLC0415
+
+    lead = x.shape[:-1]
+    x8, a = quantize_per_token(x.reshape(-1, x.shape[-1]))
+    out = (x8 @ w.to(ACC_DTYPE).t()) * a.unsqueeze(1)  # (M, N)
+    out = out.to(OUT_DTYPE)
+    if bias is not None:
+        out = out + bias.to(OUT_DTYPE)
+    return out.reshape(*lead, -1)

@@ -148,12 +148,13 @@ def _quantize_group(layer, names, hidden, kwargs, index, prefix, config, device,
     hess = {n: HessianAccumulator(m.in_features, name=f"{prefix}.{n}", device=device) for n, m in mods.items()}
     obs = {n: ActObserver(config.act, config.calib.seed) for n in names}
     seen: set[str] = set()
+    static_act = config.activations_fp8 and config.target == "paper"  # vllm-w4afp8: per-token at run time
 
     def hook(name):
         def fn(_mod, inputs, _out):
             x = inputs[0].detach()
             hess[name].add(x)
-            if config.activations_fp8:
+            if static_act:
                 obs[name].observe(x)
             seen.add(name)
             if seen == set(names):
@@ -174,8 +175,8 @@ def _quantize_group(layer, names, hidden, kwargs, index, prefix, config, device,
         h = hess[n].hessian()
         qw = solve(w, h, config, name=full)
         bias = None if m.bias is None else m.bias.detach()
-        q = W4A8Linear.from_quantized(qw, bias, config.weight.scale_dtype)
-        s_x = obs[n].scale(config.fp8.fp8_max) if config.activations_fp8 else None
+        q = W4A8Linear.from_quantized(qw, bias, config.weight.scale_dtype, config.target)
+        s_x = obs[n].scale(config.fp8.fp8_max) if static_act else None
         if s_x is not None:
             q.set_input_scale(s_x)
         set_submodule(layer, n, q.to(device))

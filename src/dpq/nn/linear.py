@@ -5,7 +5,7 @@ Buffers (what the checkpoint stores, per Linear with weight [N, K]):
     scales       [N, G]  scale dtype    group scales in the FP8 domain
     zeros        [N, G]  uint8          zero points (8 everywhere when symmetric)
     weight_scale []      float32        s_w, a power of two
-    input_scale  []      float32        s_x, static FP8 activation scale (W4A8 only)
+    input_scale  []      float32        s_x, static FP8 activation scale (W4A8, target "paper" only)
     bias         [N]     bfloat16       when the original Linear had one
 """
 
@@ -15,13 +15,19 @@ import torch
 from torch import nn
 
 from dpq.kernels import ops
-from dpq.kernels.reference import dequant_weight, linear_from_dequant
+from dpq.kernels.reference import dequant_weight, linear_from_dequant, linear_per_token, vllm_dequant_weight
 from dpq.numerics.int4 import num_groups, pack_int4, storage_dtype
 from dpq.numerics.qweight import QuantizedWeight
 
 
 class W4A8Linear(nn.Module):
-    """Drop-in replacement for nn.Linear running W4A8 (or W4A16 when fp8_max is None)."""
+    """Drop-in replacement for nn.Linear running W4A8 (or W4A16 when fp8_max is None).
+
+    target "paper": static per-tensor FP8 activations, weight fp8((q - z) * s_g) * s_w.
+    target "vllm-w4afp8": what vLLM's W4AFP8 path computes (dpq.numerics.vllm_w4afp8):
+    dynamic per-token FP8 activations (no input_scale), symmetric codes, the
+    group scales s_g * s_w re-quantized to FP8 with a per-channel scale.
+    """
 
     def __init__(
         self,
@@ -31,8 +37,14 @@ class W4A8Linear(nn.Module):
         group_size: int,
         fp8_max: float | None,
         scale_dtype: str = "bfloat16",
+        target: str = "paper",
     ) -> None:
         super().__init__()
+        if target not in ("paper", "vllm-w4afp8"):
+            raise ValueError(f"target {target!r}: use paper or vllm-w4afp8")
+        if target == "vllm-w4afp8" and fp8_max != 448.0:
+            raise ValueError(f"target vllm-w4afp8 runs E4M3FN activations (F = 448), got fp8_max={fp8_max}")
+        self.target = target
         self.in_features = in_features
         self.out_features = out_features
         self.group_size = in_features if group_size == -1 else group_size
@@ -42,7 +54,7 @@ class W4A8Linear(nn.Module):
         self.register_buffer("scales", torch.ones(out_features, g, dtype=storage_dtype(scale_dtype)))
         self.register_buffer("zeros", torch.full((out_features, g), 8, dtype=torch.uint8))
         self.register_buffer("weight_scale", torch.tensor(1.0))
-        if fp8_max is not None:
+        if fp8_max is not None and not self.dynamic_act:
             self.register_buffer("input_scale", torch.tensor(1.0))
         else:
             self.input_scale = None
@@ -55,11 +67,11 @@ class W4A8Linear(nn.Module):
 
     @classmethod
     def from_quantized(
-        cls, qw: QuantizedWeight, bias: torch.Tensor | None, scale_dtype: str = "bfloat16"
+        cls, qw: QuantizedWeight, bias: torch.Tensor | None, scale_dtype: str = "bfloat16", target: str = "paper"
     ) -> "W4A8Linear":
         """Build from a solver's result; the input scale is set later by calibration."""
         n, k = qw.shape
-        m = cls(k, n, bias is not None, qw.group_size, qw.fp8_max, scale_dtype)
+        m = cls(k, n, bias is not None, qw.group_size, qw.fp8_max, scale_dtype, target)
         m.qweight.copy_(pack_int4(qw.codes))
         m.scales.copy_(qw.scale.to(m.scales.dtype))
         m.zeros.copy_(qw.zero.to(torch.uint8))
@@ -72,9 +84,14 @@ class W4A8Linear(nn.Module):
     def is_w4a8(self) -> bool:
         return self.fp8_max is not None
 
+    @property
+    def dynamic_act(self) -> bool:
+        """Activations quantized per token at run time (target vllm-w4afp8), not with a static s_x."""
+        return self.target == "vllm-w4afp8"
+
     def set_input_scale(self, s_x: float) -> None:
         if self.input_scale is None:
-            raise ValueError("a W4A16 Linear has no activation scale")
+            raise ValueError("this Linear has no static activation scale (W4A16, or per-token dynamic FP8)")
         self.input_scale.fill_(float(s_x))
 
     def invalidate_cache(self) -> None:
@@ -91,7 +108,14 @@ class W4A8Linear(nn.Module):
         return super()._apply(fn, recurse)
 
     def dequantized_weight(self) -> torch.Tensor:
-        """W8 = fp8((q - z) * s_g) [N, K] (float8_e4m3fn), or float32 for W4A16; cached."""
+        """W8 = fp8((q - z) * s_g) [N, K] (float8_e4m3fn), or float32 for W4A16; cached.
+
+        Target vllm-w4afp8: the real-unit weight vLLM applies, chan * fp8((q - 8) * s8), float32.
+        """
+        if self._dequant_cache is None and self.dynamic_act:
+            self._dequant_cache = vllm_dequant_weight(
+                self.qweight, self.scales.float() * self.weight_scale.float(), self.in_features, self.group_size
+            )
         if self._dequant_cache is None:
             self._dequant_cache = dequant_weight(
                 self.qweight, self.scales, self.zeros, self.in_features, self.group_size, self.fp8_max
@@ -102,7 +126,9 @@ class W4A8Linear(nn.Module):
         backend = ops.choose_backend(x.device)
         s_w = self.weight_scale
         s_x = self.input_scale
-        if backend == "triton":
+        if self.dynamic_act:  # no fast kernel for per-token dynamic FP8 yet: the reference
+            y = linear_per_token(x, self.dequantized_weight(), self.bias)
+        elif backend == "triton":
             from dpq.kernels.triton_w4a8 import w4a8_linear_module  # imported only where used
 
             y = w4a8_linear_module(self, x)
@@ -122,6 +148,8 @@ class W4A8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         kind = f"W4A8 F={self.fp8_max:g}" if self.is_w4a8 else "W4A16"
+        if self.dynamic_act:
+            kind += " vllm-w4afp8 (per-token act)"
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"bias={self.bias is not None}, group_size={self.group_size}, {kind}"

@@ -1,0 +1,12 @@
+"""Solver tests run many small tensor ops: one torch thread is faster than contending for cores."""
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
