@@ -70,3 +70,18 @@ def test_missing_model(tmp_path, capsys):
     (tmp_path / "m").mkdir()
     assert main(["quantize", str(tmp_path / "m"), "--out", str(tmp_path / "o")]) == 2
     assert "no config.json" in capsys.readouterr().err
+
+
+def test_eval_vs_float_on_checkpoint(cli_ckpt, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert main(["eval", str(cli_ckpt), "--vs-float", "--seq-len", "128", "--max-windows", "2", "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "dpq-gar" in table and "float" in table
+    float_res, q_res = json.loads(out.read_text())
+    assert q_res["method"] == "dpq-gar" and q_res["windows"].startswith("2/")
+    assert float_res["wikitext2_ppl"] > 1 and q_res["wikitext2_ppl"] > 1
+
+
+def test_eval_seq_len_beyond_context(cli_ckpt, capsys):
+    assert main(["eval", str(cli_ckpt), "--seq-len", "4096", "--max-windows", "1"]) == 2
+    assert "4096" in capsys.readouterr().err

@@ -49,12 +49,17 @@ def quantize(model, tokenizer, config: QuantConfig | None = None, calib: torch.T
     return summary
 
 
-def save(model, tokenizer, out_dir: str, config: QuantConfig | None = None, overwrite: bool = False) -> Path:
-    """Write the quantized model as a checkpoint directory (atomic)."""
+def save(model, tokenizer, out_dir: str, config: QuantConfig | None = None, overwrite: bool = False,
+         source_model: str | None = None) -> Path:
+    """Write the quantized model as a checkpoint directory (atomic).
+
+    source_model: what the float model was loaded from (recorded so `dpq eval DIR --vs-float` can find it).
+    """
     config = config or getattr(model, "_dpq_config", None)
     if config is None:
         raise ValueError("save needs the QuantConfig the model was quantized with (pass config=...)")
-    return _save(model, tokenizer, out_dir, config, getattr(model, "_dpq_calibration", None), overwrite=overwrite)
+    return _save(model, tokenizer, out_dir, config, getattr(model, "_dpq_calibration", None), overwrite=overwrite,
+                 source_model=source_model)
 
 
 def load(path: str, device: str = "cpu", dtype: torch.dtype | None = None):

@@ -55,7 +55,7 @@ def cmd_quantize(a) -> int:
     )
     model, tok, src = load_float_model(a.model)
     summary = dpq.quantize(model, tok, config, device=a.device, batch_size=a.batch_size)
-    out = dpq.save(model, tok, a.out, config, overwrite=a.overwrite)
+    out = dpq.save(model, tok, a.out, config, overwrite=a.overwrite, source_model=src.reference)
     print_summary(summary, src.name)
     print(f"wrote {out}")
     return 0
@@ -158,6 +158,8 @@ def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="WikiText-2 perplexity and zero-shot tasks of a float model or a checkpoint")
     p.add_argument("model", nargs="?", default=None, help="dpq checkpoint directory or float model (default smollm2-135m)")
     _eval_options(p)
+    p.add_argument("--vs-float", action="store_true",
+                   help="for a checkpoint: also evaluate the float model it was quantized from and show the change")
     p.set_defaults(func=cmd_eval)
 
 
@@ -165,9 +167,17 @@ def cmd_eval(a) -> int:
     from dpq.eval.report import to_markdown  # noqa: PLC0415
     from dpq.eval.run import evaluate_path  # noqa: PLC0415
 
-    result = evaluate_path(a.model, device=a.device, **_eval_kwargs(a))
-    print(to_markdown([result]))
-    _write_json(a.json_out, result)
+    results = []
+    if a.vs_float:
+        from dpq.io.checkpoint import read_quant_block  # noqa: PLC0415
+
+        source = read_quant_block(a.model).get("source_model") if a.model else None
+        if not source:
+            raise ValueError("--vs-float needs a dpq checkpoint that records its source model (dpq quantize writes it)")
+        results.append(evaluate_path(source, device=a.device, **_eval_kwargs(a)))
+    results.append(evaluate_path(a.model, device=a.device, **_eval_kwargs(a)))
+    print(to_markdown(results))
+    _write_json(a.json_out, results if a.vs_float else results[0])
     return 0
 
 

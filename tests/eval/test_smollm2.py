@@ -1,6 +1,7 @@
 """Real-model checks on the bundled SmolLM2-135M (slow: about a minute on two CPU cores)."""
 
 import pytest
+import torch
 
 from dpq.eval.perplexity import perplexity_of_ids, tokenize_text
 from dpq.eval.tasks import run_tasks
@@ -12,6 +13,16 @@ pytestmark = [
 ]
 
 
+@pytest.fixture
+def one_thread():
+    """lm-eval runs one short forward per request; on a shared 2-core machine, 2 intra-op threads
+    made these 5x slower than 1 (283 s vs 56 s for 100 requests), so the task test uses one."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def test_smollm2_wikitext2_perplexity_is_plausible(smollm2):
     model, tok = smollm2
     ids = tokenize_text(tok, wikitext2_test_text())
@@ -20,7 +31,7 @@ def test_smollm2_wikitext2_perplexity_is_plausible(smollm2):
     assert 5 < res.ppl < 60  # a 135M model on WikiText-2; random weights give ~ the vocabulary size
 
 
-def test_smollm2_piqa_is_above_chance(smollm2):
+def test_smollm2_piqa_is_above_chance(smollm2, one_thread):
     model, tok = smollm2
     res = run_tasks(model, tok, ["piqa"], limit=50)["piqa"]
     assert res["n"] == 50

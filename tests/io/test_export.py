@@ -343,3 +343,12 @@ def test_ignored_linears_stay_dense(tmp_path, tiny_llama_dir, smollm2_tokenizer)
     with torch.no_grad():
         ct(_ids(smollm2_tokenizer, 8))
     assert torch.equal(ct.model.layers[1].mlp.down_proj.weight.detach(), dense)
+
+
+def test_cli_quantize_target_checks(tmp_path, capsys):
+    from dpq.cli import build_parser, main
+
+    assert build_parser().parse_args(["quantize", "--out", "x"]).target == "paper"
+    assert main(["quantize", "--out", str(tmp_path / "q"), "--target", "vllm-w4afp8", "--group-size", "64"]) == 2
+    assert "--group-size 128" in capsys.readouterr().err
+    assert not (tmp_path / "q").exists()

@@ -38,9 +38,10 @@ def _plain(value):
 
 
 def _default_quantize(model, tokenizer, config, calib=None, device="cpu", progress=True):
-    from dpq.api import quantize  # noqa: PLC0415 - written in parallel; imported only when used
+    from dpq.api import quantize  # noqa: PLC0415
 
-    return quantize(model, tokenizer, config=config, calib=calib, device=device, progress=progress)
+    quantize(model, tokenizer, config=config, calib=calib, device=device, progress=progress)  # in place
+    return model
 
 
 def compare(

@@ -340,7 +340,8 @@ def _summarize(spec: TaskSpec, lm_name: str, out: dict, local: bool, num_fewshot
         entry["perplexity"] = _metric(res, "perplexity")
     if spec.name == "mmlu":
         prefix = f"{lm_name}_"
-        subjects = {k.removeprefix(prefix): v for k, v in results.items() if k.startswith(prefix)}
+        groups = out.get("groups", {})  # the built-in mmlu also reports mmlu_stem, mmlu_humanities, ...
+        subjects = {k.removeprefix(prefix): v for k, v in results.items() if k.startswith(prefix) and k not in groups}
         entry["subjects"] = {k: _metric(v, "acc") for k, v in sorted(subjects.items())}
         entry["n"] = sum(nsamples.get(prefix + s, {}).get("effective", 0) for s in subjects)
     else:

@@ -38,9 +38,11 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, wrong or corrupted; the message names the file or tensor and the problem."""
 
 
-def quant_block(config: QuantConfig, modules: dict[str, list[int]], calibration: dict) -> dict:
+def quant_block(config: QuantConfig, modules: dict[str, list[int]], calibration: dict,
+                source_model: str | None = None) -> dict:
     """The `quantization_config` written into config.json."""
     return {
+        "source_model": source_model,
         "quant_method": QUANT_METHOD,
         "format_version": FORMAT_VERSION,
         "method": config.method,
@@ -83,7 +85,7 @@ def quantized_modules(model) -> dict[str, list[int]]:
 
 
 def save(model, tokenizer, out_dir: str | os.PathLike, config: QuantConfig, calibration: dict | None = None,
-         overwrite: bool = False) -> Path:
+         overwrite: bool = False, source_model: str | None = None) -> Path:
     """Write a quantized model as a dpq checkpoint directory (atomically)."""
     out = Path(out_dir)
     if out.exists() and not overwrite:
@@ -96,7 +98,7 @@ def save(model, tokenizer, out_dir: str | os.PathLike, config: QuantConfig, cali
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt", "dpq_format_version": str(FORMAT_VERSION)})
         cfg = model.config.to_dict()
-        cfg["quantization_config"] = quant_block(config, modules, calibration or {})
+        cfg["quantization_config"] = quant_block(config, modules, calibration or {}, source_model)
         cfg["quantization_config"]["tied"] = aliases
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, default=str), encoding="utf-8")
         gen = getattr(model, "generation_config", None)

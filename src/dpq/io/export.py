@@ -6,8 +6,11 @@ Two targets, chosen by how DIR was calibrated (`QuantConfig.target`):
 
 paper        INT4 group weights (asymmetric: scale + zero point; symmetric when the
              checkpoint is), static per-tensor FP8 input activations. transformers
-             with compressed-tensors loads and runs it. vLLM has no kernel for INT4
-             weights with static FP8 activations (see the README section).
+             with compressed-tensors loads and runs it; asymmetric exports need
+             `quantization_config=CompressedTensorsConfig(dequantize=True)` with
+             transformers 5.23 + compressed-tensors 0.20, whose default load path
+             expects an unpacked zero point (tests/io/test_export.py records it).
+             vLLM has no scheme for INT4 weights with static FP8 activations.
 vllm-w4afp8  INT4 symmetric g128 weights, dynamic per-token FP8 activations: the
              compressed-tensors `W4AFP8` scheme vLLM runs on SM90 with CUTLASS.
 

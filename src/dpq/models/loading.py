@@ -32,6 +32,16 @@ class ModelSource:
     path: str
     gguf_file: str | None = None
 
+    @property
+    def reference(self) -> str:
+        """A string `resolve` turns back into this source (bundled name, absolute path or hub name)."""
+        if self.name in BUNDLED:
+            return self.name
+        if self.gguf_file is not None:
+            return str((Path(self.path) / self.gguf_file).resolve())
+        p = Path(self.path)
+        return str(p.resolve()) if p.exists() else self.path
+
 
 def _package_dir(pkg: str, install_hint: str) -> Path:
     spec = importlib.util.find_spec(pkg)  # does not import the package
