@@ -79,6 +79,22 @@ def export(path: str, out: str, format: str = "compressed-tensors", target: str 
     return _export(path, out, format=format, target=target, overwrite=overwrite)
 
 
+def load_any(model_or_dir: str | None, device: str = "cpu"):
+    """(model, tokenizer, name) for a dpq checkpoint directory or any float model dpq can load.
+
+    A float model is named as `dpq quantize`'s MODEL: bundled name, directory, .gguf file or hub name.
+    """
+    from dpq.io.checkpoint import is_checkpoint  # noqa: PLC0415
+
+    if model_or_dir is not None and is_checkpoint(model_or_dir):
+        model, tok = load(model_or_dir, device=device)
+        return model, tok, str(model_or_dir)
+    from dpq.models.loading import load_float_model  # noqa: PLC0415
+
+    model, tok, src = load_float_model(model_or_dir, device=device)
+    return model, tok, src.name
+
+
 def info(path: str) -> dict:
     """What a checkpoint holds: method, settings, sizes of the quantized Linears against BF16."""
     from safetensors import safe_open  # noqa: PLC0415

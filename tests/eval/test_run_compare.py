@@ -5,7 +5,8 @@ import torch
 
 from dpq.eval.compare import compare
 from dpq.eval.perplexity import PerplexityError
-from dpq.eval.run import evaluate, is_dpq_checkpoint
+from dpq.eval.run import evaluate
+from dpq.io.checkpoint import is_checkpoint
 from dpq.eval.tasks import TaskError
 from dpq.io.data import data_dir
 
@@ -48,10 +49,10 @@ def test_method_comes_from_quantization_config(tiny_llama):
 
 
 def test_checkpoint_detection(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {"format_version": 1}}))
-    assert is_dpq_checkpoint(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {"quant_method": "dpq", "format_version": 1}}))
+    assert is_checkpoint(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {"quant_method": "gptq"}}))
-    assert not is_dpq_checkpoint(tmp_path) and not is_dpq_checkpoint(tmp_path / "missing")
+    assert not is_checkpoint(tmp_path) and not is_checkpoint(tmp_path / "missing")
 
 
 @needs_wikitext

@@ -13,9 +13,7 @@ Schema of the result:
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 
 import torch
 
@@ -102,36 +100,13 @@ def evaluate(
     return result
 
 
-def is_dpq_checkpoint(path) -> bool:
-    """True for a directory whose config.json has a quantization_config with "format_version"."""
-    cfg = Path(path) / "config.json"
-    if not cfg.is_file():
-        return False
-    try:
-        qc = json.loads(cfg.read_text(encoding="utf-8")).get("quantization_config")
-    except (json.JSONDecodeError, OSError):
-        return False
-    return isinstance(qc, dict) and "format_version" in qc
-
-
-def load_for_eval(model_or_dir: str | None, device: str = "cpu"):
-    """(model, tokenizer, name): a dpq checkpoint via dpq.api.load, else a float model."""
-    if model_or_dir is not None and is_dpq_checkpoint(model_or_dir):
-        from dpq.api import load  # noqa: PLC0415 - the checkpoint loader lives in the API module
-
-        model, tok = load(model_or_dir)
-        return model.to(device), tok, str(model_or_dir)
-    from dpq.models.loading import load_float_model  # noqa: PLC0415
-
-    model, tok, src = load_float_model(model_or_dir, device=device)
-    return model, tok, src.name
-
-
 def evaluate_path(model_or_dir: str | None = None, **opts) -> dict:
     """`evaluate` on a model named like the CLI's MODEL (bundled name, directory, .gguf, hub) or a dpq checkpoint."""
     if opts.get("ppl", "wikitext2") is None and not opts.get("tasks"):
         raise ValueError("nothing to evaluate: give ppl='wikitext2' and/or some tasks")
     resolve_tasks(opts.get("tasks", ()))  # a bad task name fails before loading the model
-    model, tok, name = load_for_eval(model_or_dir, device=opts.get("device", "cpu"))
+    from dpq.api import load_any  # noqa: PLC0415
+
+    model, tok, name = load_any(model_or_dir, device=opts.get("device", "cpu"))
     opts.setdefault("name", name)
     return evaluate(model, tok, **opts)
