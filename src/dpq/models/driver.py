@@ -143,19 +143,26 @@ def _run_layer(layer, hidden, kwargs, index, device, stop_ok=False):
 
 
 def _quantize_group(layer, names, hidden, kwargs, index, prefix, config, device, summary):
-    """Collect Hessians and input ranges of one set of Linears, solve, swap in W4A8 modules."""
+    """Collect the Hessian and input range of one set of Linears, solve, swap in W4A8 modules.
+
+    The spec declares that the Linears of a set see the same input, so one Hessian and one
+    activation observer (fed by the first Linear's hook) serve the whole set.
+    """
     mods = {n: get_submodule(layer, n) for n in names}
-    hess = {n: HessianAccumulator(m.in_features, name=f"{prefix}.{n}", device=device) for n, m in mods.items()}
-    obs = {n: ActObserver(config.act, config.calib.seed) for n in names}
+    first = names[0]
+    k = mods[first].in_features
+    hess = HessianAccumulator(k, name=f"{prefix}.{'/'.join(names)}", device=device)
+    obs = ActObserver(config.act, config.calib.seed)
     seen: set[str] = set()
     static_act = config.activations_fp8 and config.target == "paper"  # vllm-w4afp8: per-token at run time
 
     def hook(name):
         def fn(_mod, inputs, _out):
-            x = inputs[0].detach()
-            hess[name].add(x)
-            if static_act:
-                obs[name].observe(x)
+            if name == first:
+                x = inputs[0].detach()
+                hess.add(x)
+                if static_act:
+                    obs.observe(x)
             seen.add(name)
             if seen == set(names):
                 seen.clear()
@@ -169,14 +176,14 @@ def _quantize_group(layer, names, hidden, kwargs, index, prefix, config, device,
     finally:
         for h in handles:
             h.remove()
+    h = hess.hessian()
+    s_x = obs.scale(config.fp8.fp8_max) if static_act else None
     for n, m in mods.items():
         full = f"{prefix}.{n}"
         w = m.weight.detach().to(device=device, dtype=torch.float32)
-        h = hess[n].hessian()
         qw = solve(w, h, config, name=full)
         bias = None if m.bias is None else m.bias.detach()
         q = W4A8Linear.from_quantized(qw, bias, config.weight.scale_dtype, config.target)
-        s_x = obs[n].scale(config.fp8.fp8_max) if static_act else None
         if s_x is not None:
             q.set_input_scale(s_x)
         set_submodule(layer, n, q.to(device))
