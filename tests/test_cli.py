@@ -85,3 +85,44 @@ def test_eval_vs_float_on_checkpoint(cli_ckpt, tmp_path, capsys):
 def test_eval_seq_len_beyond_context(cli_ckpt, capsys):
     assert main(["eval", str(cli_ckpt), "--seq-len", "4096", "--max-windows", "1"]) == 2
     assert "4096" in capsys.readouterr().err
+
+
+def test_compare_writes_table_json_plot_and_checkpoints(tiny_llama_dir, tmp_path, capsys):
+    from dpq.io.checkpoint import is_checkpoint
+    from dpq.io.data import data_dir
+
+    if data_dir() is None:
+        pytest.skip("no local data dir (set DPQ_DATA_DIR)")
+    args = ["compare", str(tiny_llama_dir), "--methods", "bf16,rtn-w4a16,dpq-gar", "--calib-samples", "2",
+            "--calib-seq-len", "64", "--group-size", "32", "--seq-len", "64", "--max-windows", "2",
+            "--save-dir", str(tmp_path / "grid"), "--json", str(tmp_path / "c.json"),
+            "--markdown", str(tmp_path / "c.md"), "--plot", str(tmp_path / "c.png")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "| dpq-gar |" in out and "| rtn-w4a16 |" in out
+    res = json.loads((tmp_path / "c.json").read_text())
+    assert res["complete"] is True and list(res["results"]) == ["bf16", "rtn-w4a16", "dpq-gar"]
+    assert all(is_checkpoint(tmp_path / "grid" / m) for m in ("rtn-w4a16", "dpq-gar"))
+    assert (tmp_path / "c.png").stat().st_size > 0 and "dpq-gar" in (tmp_path / "c.md").read_text()
+    # a rerun with another group size must not mix its results with the saved ones
+    assert main(args[:9] + ["16"] + args[10:]) == 2
+    assert "other settings" in capsys.readouterr().err
+
+
+def test_quantize_in_bfloat16_keeps_unquantized_tensors_in_bfloat16(tiny_llama_dir, tmp_path, capsys):
+    import torch
+    from safetensors import safe_open
+
+    import dpq
+
+    out = tmp_path / "bf16"
+    assert main(["quantize", str(tiny_llama_dir), "--out", str(out), "--calib-samples", "2", "--seq-len", "32",
+                 "--group-size", "32", "--dtype", "bfloat16"]) == 0
+    with safe_open(str(out / "model.safetensors"), framework="pt") as f:
+        assert f.get_tensor("model.embed_tokens.weight").dtype == torch.bfloat16
+        assert f.get_tensor("model.layers.0.mlp.down_proj.qweight").dtype == torch.uint8
+    model, tok = dpq.load(str(out))
+    assert model.model.embed_tokens.weight.dtype == torch.bfloat16
+    with torch.no_grad():
+        logits = model(tok("Hello world", return_tensors="pt").input_ids).logits
+    assert torch.isfinite(logits).all()

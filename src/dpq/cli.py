@@ -35,8 +35,25 @@ def _add_quantize(sub) -> None:
     p.add_argument("--target", default="paper", choices=["paper", "vllm-w4afp8"],
                    help="numerics to calibrate for: paper (asymmetric INT4, static FP8 activations) or "
                         "vllm-w4afp8 (vLLM's W4AFP8: symmetric INT4 g128, per-token FP8; implies --sym)")
+    _dtype_option(p)
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=cmd_quantize)
+
+
+DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+def _dtype_option(p) -> None:
+    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES),
+                   help="dtype of the float model in memory, and of the tensors the checkpoint keeps unquantized "
+                        "(embeddings, norms, lm_head). float32 (default) keeps GGUF sources exact; bfloat16 "
+                        "halves memory for a BF16 hub model")
+
+
+def _torch_dtype(name: str):
+    import torch  # noqa: PLC0415
+
+    return getattr(torch, DTYPES[name])
 
 
 def cmd_quantize(a) -> int:
@@ -53,7 +70,7 @@ def cmd_quantize(a) -> int:
         act=ActSpec(method=a.act_scale), calib=CalibSpec(a.calib, a.calib_samples, a.seq_len, a.seed),
         ignore=tuple(a.ignore), group_params=a.group_params, target=a.target,
     )
-    model, tok, src = load_float_model(a.model)
+    model, tok, src = load_float_model(a.model, dtype=_torch_dtype(a.dtype))
     summary = dpq.quantize(model, tok, config, device=a.device, batch_size=a.batch_size)
     out = dpq.save(model, tok, a.out, config, overwrite=a.overwrite, source_model=src.reference)
     print_summary(summary, src.name)
@@ -143,7 +160,7 @@ def _eval_kwargs(a) -> dict:
     }
 
 
-def _write_json(path: str | None, obj) -> None:
+def _write_json(path: str | None, obj, quiet: bool = False) -> None:
     if path:
         from pathlib import Path  # noqa: PLC0415
 
@@ -151,7 +168,8 @@ def _write_json(path: str | None, obj) -> None:
         tmp = Path(str(path) + ".tmp")
         tmp.write_text(json.dumps(obj, indent=2, default=str))
         tmp.replace(path)
-        print(f"wrote {path}")
+        if not quiet:
+            print(f"wrote {path}")
 
 
 def _add_eval(sub) -> None:
@@ -198,6 +216,9 @@ def _add_compare(sub) -> None:
     _eval_options(p)
     p.add_argument("--markdown", default=None, metavar="FILE.md", help="write the table as markdown")
     p.add_argument("--plot", default=None, metavar="FILE.png", help="plot perplexity and average accuracy per method")
+    p.add_argument("--save-dir", default=None, metavar="DIR",
+                   help="also write each quantized model to DIR/<method>; a rerun with the same settings and "
+                        "calibration loads them instead of quantizing again")
     p.set_defaults(func=cmd_compare)
 
 
@@ -212,7 +233,13 @@ def cmd_compare(a) -> int:
         calib=CalibSpec(a.calib, a.calib_samples, a.calib_seq_len, a.seed), group_params=a.group_params,
     )
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
-    results = compare(a.model, methods, quant_kwargs, _eval_kwargs(a), device=a.device)
+    def partial(so_far: dict) -> None:  # keep every finished method on disk while the rest run
+        if a.json_out:
+            _write_json(a.json_out, {**so_far, "complete": False}, quiet=True)
+
+    results = compare(a.model, methods, quant_kwargs, _eval_kwargs(a), device=a.device, save_dir=a.save_dir,
+                      on_result=partial)
+    results["complete"] = True
     table = to_markdown(results)
     print(table)
     if a.markdown:

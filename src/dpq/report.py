@@ -10,7 +10,8 @@ def print_summary(summary, model_name: str = "", console: Console | None = None)
     """Per-Linear relative output error and solve time, then totals and peak memory."""
     console = console or Console(width=max(Console().width, 100))
     t = Table(title=f"{model_name} {summary.method}: per-layer results")
-    for col in ("Linear", "N x K", "rel. output err", "solve s", "s_x"):
+    err_col = "rel. weight err" if summary.data_free else "rel. output err"
+    for col in ("Linear", "N x K", err_col, "solve s", "s_x"):
         t.add_column(col, justify="right" if col != "Linear" else "left")
     for r in summary.linears:
         sx = "-" if r.input_scale is None else f"{r.input_scale:.3g}"
@@ -20,9 +21,10 @@ def print_summary(summary, model_name: str = "", console: Console | None = None)
     worst = max(summary.linears, key=lambda r: r.rel_error) if summary.linears else None
     console.print(
         f"{len(summary.linears)} Linears quantized ({len(summary.skipped)} ignored), "
-        f"mean rel. output error {summary.mean_rel_error:.4f}"
+        f"mean {err_col} {summary.mean_rel_error:.4f}"
         + (f", worst {worst.rel_error:.4f} ({worst.name})" if worst else "")
-        + f"; calibration {summary.calib_tokens} tokens; solve {solve:.1f} s, total {summary.seconds:.1f} s; "
+        + ("; no calibration needed" if summary.data_free else f"; calibration {summary.calib_tokens} tokens")
+        + f"; solve {solve:.1f} s, total {summary.seconds:.1f} s; "
         f"peak RSS {summary.peak_rss_mb:.0f} MiB"
         + (f", peak GPU {summary.peak_device_mb:.0f} MiB" if summary.peak_device_mb is not None else "")
     )

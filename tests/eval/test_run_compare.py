@@ -91,3 +91,34 @@ def test_compare_quantizes_fresh_copies_with_the_same_calibration(make_llama):
 def test_compare_refuses_unknown_methods():
     with pytest.raises(ValueError, match="unknown method"):
         compare("tiny", methods=["bf16", "awq"], loader=lambda n: pytest.fail("loaded"))
+
+
+@needs_wikitext
+def test_compare_saves_checkpoints_and_reuses_them(tiny_llama_dir, tmp_path):
+    from dpq.config import CalibSpec
+
+    save = tmp_path / "grid"
+    qk = {"group_size": 32, "calib": CalibSpec(samples=2, seq_len=32)}
+    ek = {"seq_len": 32, "max_windows": 2}
+    seen = []
+    first = compare(str(tiny_llama_dir), ["bf16", "rtn-w4a8"], qk, ek, save_dir=str(save), progress=False,
+                    on_result=lambda so_far: seen.append(list(so_far["results"])))
+    assert seen == [["bf16"], ["bf16", "rtn-w4a8"]]
+    assert is_checkpoint(save / "rtn-w4a8") and first["results"]["rtn-w4a8"]["checkpoint"] == str(save / "rtn-w4a8")
+
+    def no_quantize(*a, **k):
+        raise AssertionError("quantized again instead of loading the saved checkpoint")
+
+    again = compare(str(tiny_llama_dir), ["rtn-w4a8"], qk, ek, save_dir=str(save), quantize_fn=no_quantize,
+                    progress=False)
+    assert again["results"]["rtn-w4a8"]["wikitext2_ppl"] == pytest.approx(first["results"]["rtn-w4a8"]["wikitext2_ppl"])
+    assert "load_s" in again["results"]["rtn-w4a8"]["settings"]["timings"]
+
+    with pytest.raises(ValueError, match="other settings"):
+        compare(str(tiny_llama_dir), ["rtn-w4a8"], {**qk, "group_size": 16}, ek, save_dir=str(save), progress=False)
+    with pytest.raises(ValueError, match="other tokens"):
+        compare(str(tiny_llama_dir), ["rtn-w4a8"], qk, ek, save_dir=str(save), calib=torch.zeros(2, 32).long(),
+                progress=False)
+    (tmp_path / "junk" / "rtn-w4a8").mkdir(parents=True)
+    with pytest.raises(ValueError, match="not a dpq checkpoint"):
+        compare(str(tiny_llama_dir), ["rtn-w4a8"], qk, ek, save_dir=str(tmp_path / "junk"), progress=False)

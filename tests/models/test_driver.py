@@ -98,3 +98,27 @@ def test_smollm2_pipeline_tiny_calibration(smollm2):
     with torch.no_grad():
         out = model.generate(ids, max_new_tokens=4, do_sample=False)
     assert "Paris" in tok.decode(out[0])
+
+
+def test_rtn_w4a16_needs_no_calibration_pass(tiny_llama_dir):
+    from dpq.algorithms import rtn_solve
+    from dpq.models.driver import quantize_model
+
+    model, _, _ = load_float_model(str(tiny_llama_dir))
+    ref = copy.deepcopy(model)
+    cfg = QuantConfig.for_method("rtn-w4a16", group_size=64, calib=CALIB)
+    a, b = copy.deepcopy(model), copy.deepcopy(model)
+    sa = quantize_model(a, torch.zeros(1, 8, dtype=torch.long), cfg, progress=False)
+    sb = quantize_model(b, torch.randint(0, 100, (3, 16)), cfg, progress=False)
+    assert sa.data_free and sb.data_free and len(sa.linears) == 2 * 7
+    for (n, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), n  # the calibration tokens play no part
+    w = ref.model.layers[1].mlp.down_proj.weight.detach().float()
+    lin = a.model.layers[1].mlp.down_proj
+    assert isinstance(lin, W4A8Linear) and not lin.is_w4a8
+    x = torch.randn(3, w.shape[1])
+    with torch.no_grad():
+        y, ref = lin(x), x @ rtn_solve(w, cfg).weight().float().t()
+    assert torch.linalg.norm(y - ref) / torch.linalg.norm(ref) < 1e-2  # the module stores BF16 group scales
+    err = sa.linears[-1].rel_error
+    assert 0 < err < 0.2  # ||W - W_q|| / ||W|| of a 4-bit RTN weight

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import transformers
@@ -49,3 +51,36 @@ def test_architecture_quantizes(model_type):
 def test_specs_name_distinct_model_types():
     seen = [t for s in SPECS for t in s.model_types]
     assert len(seen) == len(set(seen))
+
+
+@pytest.mark.parametrize("model_type", sorted(CONFIGS))
+def test_replayed_attention_is_bit_identical_to_recomputing(model_type):
+    """The driver's attention replay is only a shortcut: same weights, scales and outputs."""
+    from dpq.models.driver import quantize_model
+
+    torch.manual_seed(0)
+    cfg = CONFIGS[model_type]()
+    base = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+    calib = torch.randint(0, cfg.vocab_size, (6, 40))
+    qcfg = QuantConfig.for_method("dpq-gar", group_size=64)
+    spec = spec_for(cfg)
+    models, calls = {}, {}
+    for replay in (True, False):
+        m = copy.deepcopy(base)
+        attn = get_submodule(get_submodule(m, spec.layers)[0], spec.attention)
+        calls[replay] = 0
+
+        def count(*_, replay=replay):
+            calls[replay] += 1
+
+        attn.register_forward_pre_hook(count)
+        quantize_model(m, calib, qcfg, batch_size=4, progress=False, replay_attention=replay)  # two batches
+        models[replay] = m
+    # passes over layer 0, two batches each: q/k/v, o, gate/up, down, output; replay skips the last three
+    assert calls == {False: 2 * 5, True: 2 * 2}
+    fast, slow = models[True].state_dict(), models[False].state_dict()
+    assert fast.keys() == slow.keys()
+    for k in fast:
+        assert torch.equal(fast[k], slow[k]), (model_type, k)
+    attn = get_submodule(get_submodule(models[True], spec.layers)[0], spec.attention)
+    assert type(attn).__name__.endswith("Attention") and type(attn).__name__ != "_ReplayedAttention"

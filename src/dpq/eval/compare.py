@@ -3,6 +3,11 @@
 The float model is loaded once; every method quantizes a fresh deep copy of
 it with the same calibration batches (drawn once, same seed), and each result
 is one `dpq.eval.run.evaluate` dict.
+
+With `save_dir`, each quantized model is also written as a checkpoint
+`save_dir/<method>`; a later comparison with the same settings and the same
+calibration tokens loads those checkpoints instead of quantizing again (so a
+long grid can be re-evaluated with other tasks, or resumed after a stop).
 """
 
 from __future__ import annotations
@@ -12,6 +17,9 @@ import dataclasses
 import gc
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+import torch
 
 from dpq.config import METHODS, CalibSpec, QuantConfig
 from dpq.eval.run import evaluate
@@ -44,6 +52,29 @@ def _default_quantize(model, tokenizer, config, calib=None, device="cpu", progre
     return model
 
 
+def _reusable(path: Path, config: QuantConfig, calib_info: dict | None) -> bool:
+    """True if `path` is a checkpoint of `config` on the same calibration tokens; False if absent.
+
+    Raises ValueError for anything else at that path, so a result is never mixed with another run's.
+    """
+    from dpq.io.checkpoint import is_checkpoint, read_quant_block  # noqa: PLC0415
+
+    if not path.exists():
+        return False
+    if not is_checkpoint(path):
+        raise ValueError(f"{path} exists and is not a dpq checkpoint: remove it or choose another save directory")
+    block = read_quant_block(path)
+    if block["config"] != config:
+        raise ValueError(f"{path} was quantized with other settings ({block['settings']}): remove it or choose "
+                         "another save directory")
+    theirs = (block.get("calibration") or {}).get("fingerprint")
+    ours = (calib_info or {}).get("fingerprint")
+    if theirs is None or theirs != ours:
+        raise ValueError(f"{path} was calibrated on other tokens (fingerprint {theirs}, this run {ours}): "
+                         "remove it or choose another save directory")
+    return True
+
+
 def compare(
     model_name: str | None = None,
     methods=DEFAULT_METHODS,
@@ -55,6 +86,8 @@ def compare(
     quantize_fn: Callable | None = None,
     loader: Callable | None = None,
     progress: bool = True,
+    save_dir: str | None = None,
+    on_result: Callable[[dict], None] | None = None,
 ) -> dict:
     """Evaluate the float model ("bf16") and each quantization method on the same data.
 
@@ -65,6 +98,9 @@ def compare(
     quantize_fn(model, tokenizer, config=, calib=, device=, progress=) -> model: defaults to
         `dpq.api.quantize`; injectable for tests. loader(model_name) -> (model, tokenizer, name):
         defaults to `dpq.models.loading.load_float_model`.
+    save_dir: write each quantized model to save_dir/<method> (atomic), or load it from there when a
+        checkpoint of the same settings and calibration tokens is already present (see the module doc).
+    on_result(partial) is called after each method with the comparison so far (for incremental output).
     Returns {"model", "methods", "results": {method: evaluate-dict}, "calibration", "quant_kwargs"}.
     """
     methods = _check_methods(methods)
@@ -74,11 +110,13 @@ def compare(
     resolve_tasks(eval_kwargs.get("tasks", ()))  # fail on a bad task name before loading anything
     configs = {m: QuantConfig.for_method(m, **quant_kwargs) for m in methods if m != FLOAT}
     quantize_fn = quantize_fn or _default_quantize
+    source_ref = {"ref": model_name}
     if loader is None:
         from dpq.models.loading import load_float_model  # noqa: PLC0415
 
         def loader(name):
             m, t, src = load_float_model(name)
+            source_ref["ref"] = src.reference
             return m, t, src.name
 
     float_model, tok, name = loader(model_name)
@@ -89,26 +127,48 @@ def compare(
 
         calib = calibration_batches(tok, calib_spec.source, calib_spec.samples, calib_spec.seq_len, calib_spec.seed)
         calib_info = {**dataclasses.asdict(calib_spec), "fingerprint": fingerprint(calib)}
-    results = {}
-    for method in methods:
-        t0 = time.perf_counter()
-        if method == FLOAT:
-            model = float_model
-        else:
-            model = copy.deepcopy(float_model)
-            model = quantize_fn(model, tok, config=configs[method], calib=calib, device=device, progress=progress)
-        quant_s = time.perf_counter() - t0
-        res = evaluate(model, tok, name=name, device=device, progress=progress, **eval_kwargs)
-        res["method"] = method
-        res["settings"]["timings"]["quantize_s"] = round(quant_s, 1)
-        results[method] = res
-        if model is not float_model:
-            del model
-            gc.collect()
-    return {
+    elif configs and calib is not None and torch.is_tensor(calib):
+        from dpq.io.data import fingerprint  # noqa: PLC0415
+
+        calib_info = {"source": "given", "samples": int(calib.shape[0]), "seq_len": int(calib.shape[1]),
+                      "fingerprint": fingerprint(calib)}
+    if save_dir is not None:
+        for m, cfg in configs.items():  # refuse a mismatched directory before hours of work
+            _reusable(Path(save_dir) / m, cfg, calib_info)
+    out = {
         "model": name,
         "methods": methods,
-        "results": results,
+        "results": {},
         "calibration": calib_info,
         "quant_kwargs": {k: _plain(v) for k, v in quant_kwargs.items()},
     }
+    for method in methods:
+        t0 = time.perf_counter()
+        reused = False
+        if method == FLOAT:
+            model = float_model
+        elif save_dir is not None and _reusable(Path(save_dir) / method, configs[method], calib_info):
+            from dpq.api import load  # noqa: PLC0415
+
+            model, _ = load(str(Path(save_dir) / method), device=device)
+            reused = True
+        else:
+            model = copy.deepcopy(float_model)
+            model = quantize_fn(model, tok, config=configs[method], calib=calib, device=device, progress=progress)
+            if save_dir is not None:
+                from dpq.api import save  # noqa: PLC0415
+
+                save(model, tok, str(Path(save_dir) / method), config=configs[method], source_model=source_ref["ref"])
+        quant_s = time.perf_counter() - t0
+        res = evaluate(model, tok, name=name, device=device, progress=progress, **eval_kwargs)
+        res["method"] = method
+        res["settings"]["timings"]["quantize_s" if not reused else "load_s"] = round(quant_s, 1)
+        if save_dir is not None and method != FLOAT:
+            res["checkpoint"] = str(Path(save_dir) / method)
+        out["results"][method] = res
+        if on_result is not None:
+            on_result(out)
+        if model is not float_model:
+            del model
+            gc.collect()
+    return out

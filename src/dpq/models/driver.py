@@ -7,6 +7,11 @@ solve, swap in W4A8 modules (with their static FP8 input scale), then move
 on, so every later set sees the outputs of the quantized ones before it.
 Finally run the quantized layer to produce the next layer's inputs.
 Calibration activations live on the CPU; one layer at a time is on `device`.
+
+Once q/k/v are quantized the attention output Linear's input is fixed, so the
+pass that calibrates it also records that input, and every later pass over the
+layer replays it through the quantized output Linear instead of recomputing
+attention (bit-identical; see `_ReplayedAttention`).
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ class QuantSummary:
     peak_rss_mb: float = 0.0
     peak_device_mb: float | None = None
     calib_tokens: int = 0
+    data_free: bool = False  # no calibration pass (RTN weights, no static activation scales)
 
     @property
     def mean_rel_error(self) -> float:
@@ -76,6 +82,21 @@ class _LayerRecorder(nn.Module):
         if self.last:
             raise _Stop
         return hidden_states
+
+
+class _ReplayedAttention(nn.Module):
+    """Stands in for a layer's attention module: its output Linear applied to recorded inputs.
+
+    inputs[b]: [b, T, K] CPU tensor, the output Linear's input for calibration batch b;
+    `batch` is set before each batch is run. Returns (output, None) like HF attention modules.
+    """
+
+    def __init__(self, out_proj: nn.Module, inputs: list[torch.Tensor], device) -> None:
+        super().__init__()
+        self.out_proj, self.inputs, self.device, self.batch = out_proj, inputs, device, 0
+
+    def forward(self, *args, **kwargs):
+        return self.out_proj(self.inputs[self.batch].to(self.device)), None
 
 
 def _to(obj, device):
@@ -127,10 +148,12 @@ def _matches(name: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) or p in name.split(".") for p in patterns)
 
 
-def _run_layer(layer, hidden, kwargs, index, device, stop_ok=False):
+def _run_layer(layer, hidden, kwargs, index, device, stop_ok=False, replay=None):
     outs = []
     with torch.no_grad():
         for b, x in enumerate(hidden):
+            if replay is not None:
+                replay.batch = b
             try:
                 y = layer(x.to(device), **_to(kwargs[b][index], device))
             except _Stop:
@@ -142,11 +165,14 @@ def _run_layer(layer, hidden, kwargs, index, device, stop_ok=False):
     return outs
 
 
-def _quantize_group(layer, names, hidden, kwargs, index, prefix, config, device, summary):
+def _quantize_group(layer, names, hidden, kwargs, index, prefix, config, device, summary, replay=None,
+                    record=None):
     """Collect the Hessian and input range of one set of Linears, solve, swap in W4A8 modules.
 
     The spec declares that the Linears of a set see the same input, so one Hessian and one
     activation observer (fed by the first Linear's hook) serve the whole set.
+    replay: the layer's `_ReplayedAttention`, if installed; record: a list that receives the
+    set's input per batch (on the CPU), if given.
     """
     mods = {n: get_submodule(layer, n) for n in names}
     first = names[0]
@@ -161,6 +187,8 @@ def _quantize_group(layer, names, hidden, kwargs, index, prefix, config, device,
             if name == first:
                 x = inputs[0].detach()
                 hess.add(x)
+                if record is not None:
+                    record.append(x.cpu())
                 if static_act:
                     obs.observe(x)
             seen.add(name)
@@ -172,7 +200,7 @@ def _quantize_group(layer, names, hidden, kwargs, index, prefix, config, device,
 
     handles = [m.register_forward_hook(hook(n)) for n, m in mods.items()]
     try:
-        _run_layer(layer, hidden, kwargs, index, device, stop_ok=True)
+        _run_layer(layer, hidden, kwargs, index, device, stop_ok=True, replay=replay)
     finally:
         for h in handles:
             h.remove()
@@ -191,13 +219,38 @@ def _quantize_group(layer, names, hidden, kwargs, index, prefix, config, device,
         summary.linears.append(LinearReport(full, tuple(w.shape), err, qw.solve_seconds, s_x))
 
 
+def _quantize_layer(layer, spec: ArchSpec, hidden, kwargs, i, prefix, config, device, summary,
+                    replay_attention: bool = True):
+    """Quantize one decoder layer's Linears set by set; returns its outputs (the next layer's inputs)."""
+    replay, attention = None, None
+    try:
+        for names in spec.sequence:
+            todo = [n for n in names if not _matches(f"{prefix}.{n}", config.ignore)]
+            summary.skipped += [f"{prefix}.{n}" for n in names if n not in todo]
+            if not todo:
+                continue
+            wanted = replay_attention and replay is None and spec.attention and todo == [spec.attention_output]
+            record = [] if wanted else None
+            _quantize_group(layer, todo, hidden, kwargs, i, prefix, config, device, summary, replay, record)
+            if record is not None and len(record) == len(hidden):
+                attention = get_submodule(layer, spec.attention)
+                replay = _ReplayedAttention(get_submodule(layer, spec.attention_output), record, device)
+                set_submodule(layer, spec.attention, replay)
+        return _run_layer(layer, hidden, kwargs, i, device, replay=replay)
+    finally:
+        if attention is not None:
+            set_submodule(layer, spec.attention, attention)
+
+
 def quantize_model(
     model, calib: torch.Tensor, config: QuantConfig, device: str | torch.device = "cpu",
-    batch_size: int = 8, progress: bool = True,
+    batch_size: int = 8, progress: bool = True, replay_attention: bool = True,
 ) -> QuantSummary:
     """Quantize every decoder Linear of `model` in place; returns the run's summary.
 
     calib: [S, T] token ids (see dpq.io.data.calibration_batches).
+    replay_attention: replay the recorded attention outputs in the passes after the attention
+        output Linear (see the module doc); False recomputes attention every pass (same result).
     """
     if calib.dim() != 2 or calib.numel() == 0:
         raise ValueError(f"calibration ids must be a non-empty [samples, tokens] tensor, got {tuple(calib.shape)}")
@@ -211,22 +264,47 @@ def quantize_model(
         torch.cuda.reset_peak_memory_stats(device)
     summary = QuantSummary(config.method, calib_tokens=calib.numel())
     model.to("cpu")
-    hidden, kwargs = capture_inputs(model, spec, calib, batch_size, device)
     layers = get_submodule(model, spec.layers)
+    if config.solver.algorithm == "rtn" and not (config.activations_fp8 and config.target == "paper"):
+        _quantize_data_free(layers, spec, config, device, summary, progress)
+        return _finish(summary, t0, device)
+    hidden, kwargs = capture_inputs(model, spec, calib, batch_size, device)
     bar = tqdm(range(len(layers)), desc=f"dpq {config.method}", unit="layer", disable=not progress)
     for i in bar:
         prefix = f"{spec.layers}.{i}"
         layer = layers[i].to(device)
-        for names in spec.sequence:
-            todo = [n for n in names if not _matches(f"{prefix}.{n}", config.ignore)]
-            summary.skipped += [f"{prefix}.{n}" for n in names if n not in todo]
-            if todo:
-                _quantize_group(layer, todo, hidden, kwargs, i, prefix, config, device, summary)
-        hidden = _run_layer(layer, hidden, kwargs, i, device)
+        hidden = _quantize_layer(layer, spec, hidden, kwargs, i, prefix, config, device, summary, replay_attention)
         layers[i] = layer.to("cpu")
         last = summary.linears[-1] if summary.linears else None
         if last is not None:
             bar.set_postfix(err=f"{last.rel_error:.4f}")
+    return _finish(summary, t0, device)
+
+
+def _quantize_data_free(layers, spec: ArchSpec, config: QuantConfig, device, summary, progress) -> None:
+    """Round-to-nearest weights with no activation scales need no calibration pass.
+
+    The reported error is then the weight error ||W - W_q|| / ||W|| (the output error for
+    white inputs, H = I), since no inputs were seen.
+    """
+    for i in tqdm(range(len(layers)), desc=f"dpq {config.method}", unit="layer", disable=not progress):
+        prefix = f"{spec.layers}.{i}"
+        for name in spec.linears:
+            if _matches(f"{prefix}.{name}", config.ignore):
+                summary.skipped.append(f"{prefix}.{name}")
+                continue
+            m = get_submodule(layers[i], name)
+            w = m.weight.detach().to(device=device, dtype=torch.float32)
+            qw = solve(w, None, config, name=f"{prefix}.{name}")
+            bias = None if m.bias is None else m.bias.detach()
+            q = W4A8Linear.from_quantized(qw, bias, config.weight.scale_dtype, config.target)
+            set_submodule(layers[i], name, q.to("cpu"))
+            err = float(torch.linalg.norm(w - qw.weight().to(w.device)) / torch.linalg.norm(w))
+            summary.linears.append(LinearReport(f"{prefix}.{name}", tuple(w.shape), err, qw.solve_seconds, None))
+    summary.data_free = True
+
+
+def _finish(summary: QuantSummary, t0: float, device) -> QuantSummary:
     summary.seconds = time.time() - t0
     summary.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device.type == "cuda":

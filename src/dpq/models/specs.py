@@ -29,12 +29,19 @@ class ArchSpec:
     sequence: the layer's Linears in execution order, each inner tuple a set
     that sees the same input (quantized together, then the next set sees
     their quantized outputs).
+    attention / attention_output: the attention module (called with the layer's
+    keyword arguments, returning (output, weights)) and its output Linear. Once
+    the Linears before `attention_output` are quantized, its input no longer
+    changes, so the driver computes it once and replays it for the later
+    passes over the layer. None turns that shortcut off.
     """
 
     name: str
     model_types: tuple[str, ...]
     layers: str = "model.layers"
     sequence: tuple[tuple[str, ...], ...] = LLAMA_SEQUENCE
+    attention: str | None = "self_attn"
+    attention_output: str | None = "self_attn.o_proj"
 
     @property
     def linears(self) -> tuple[str, ...]:

@@ -1,0 +1,137 @@
+"""Merge `dpq compare` results into one table and check the accuracy targets.
+
+    python benchmarks/accuracy_targets.py RESULT.json [RESULT.json ...] \
+        --json benchmarks/results/accuracy_targets.json --markdown benchmarks/results/accuracy_targets.md
+
+Each RESULT.json is the `--json` output of one `dpq compare` run (one model, one FP8 range F).
+Rows are (model, F, method); the float model ("bf16") of a model serves as the baseline for
+every F of that model. The targets, checked per (model, F) where the needed methods are present:
+
+  ordering   ppl(dpq-gar) < ppl(naive-w4a8) < ppl(rtn-w4a8)
+  ppl ratio  (ppl(dpq-gar) - ppl(bf16)) <= 1.1 x (ppl(gptq-w4a16) - ppl(bf16))
+  accuracy   |average acc(dpq-gar) - average acc(bf16)| <= 1 point (only with task results)
+
+A missing method or result makes a target "not measured", never a pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+FLOAT = "bf16"
+W4A8 = ("rtn-w4a8", "naive-w4a8", "dpq", "dpq-gar")
+
+
+def _fp8_max(result: dict) -> float | None:
+    return (result.get("quant_kwargs") or {}).get("fp8_max")
+
+
+def rows(results: list[dict]) -> list[dict]:
+    """One row per (model, F, method); W4A16 and float rows do not depend on F and keep F = None."""
+    out, seen = [], set()
+    for res in results:
+        f = _fp8_max(res)
+        windows = None
+        for method, r in res["results"].items():
+            key = (res["model"], f if method in W4A8 else None, method)
+            if key in seen:
+                continue
+            seen.add(key)
+            windows = windows or r.get("windows")
+            out.append({
+                "model": res["model"], "fp8_max": key[1], "method": method,
+                "wikitext2_ppl": r.get("wikitext2_ppl"), "windows": r.get("windows"),
+                "average": r.get("average"), "mmlu": (r.get("tasks", {}).get("mmlu") or {}).get("acc"),
+                "limit": r.get("settings", {}).get("limit"),
+                "quantize_s": r.get("settings", {}).get("timings", {}).get("quantize_s"),
+                "calibration": res.get("calibration"), "group_size": (res.get("quant_kwargs") or {}).get("group_size"),
+            })
+    return out
+
+
+def _get(table: list[dict], model: str, f, method: str) -> dict | None:
+    for r in table:
+        if r["model"] == model and r["method"] == method and r["fp8_max"] == (f if method in W4A8 else None):
+            return r
+    return None
+
+
+def check(table: list[dict]) -> list[dict]:
+    """The targets of the module doc, per (model, F)."""
+    out = []
+    for model, f in sorted({(r["model"], r["fp8_max"]) for r in table if r["fp8_max"] is not None}):
+        def ppl(m, model=model, f=f):
+            r = _get(table, model, f, m)
+            return None if r is None else r["wikitext2_ppl"]
+
+        base, gptq, naive, rtn, dg = ppl(FLOAT), ppl("gptq-w4a16"), ppl("naive-w4a8"), ppl("rtn-w4a8"), ppl("dpq-gar")
+        order = None if None in (dg, naive, rtn) else dg < naive < rtn
+        ratio = None if None in (base, gptq, dg) or gptq == base else (dg - base) / (gptq - base)
+        fl, q = _get(table, model, f, FLOAT), _get(table, model, f, "dpq-gar")
+        acc = None
+        if fl and q and fl["average"] is not None and q["average"] is not None:
+            acc = 100 * (q["average"] - fl["average"])
+        out.append({
+            "model": model, "fp8_max": f,
+            "ordering": {"holds": order, "ppl": {"dpq-gar": dg, "naive-w4a8": naive, "rtn-w4a8": rtn}},
+            "ppl_ratio": {"value": ratio, "target": 1.1, "holds": None if ratio is None else ratio <= 1.1},
+            "accuracy": {"delta_points": acc, "holds": None if acc is None else abs(acc) <= 1.0,
+                         "limit": None if q is None else q["limit"]},
+        })
+    return out
+
+
+def _fmt(x, nd=3):
+    return "-" if x is None else f"{x:.{nd}f}"
+
+
+def _verdict(h):
+    return "not measured" if h is None else ("yes" if h else "NO")
+
+
+def to_markdown(table: list[dict], targets: list[dict]) -> str:
+    lines = ["| model | F | method | wikitext2 ppl | windows | avg acc | mmlu | quantize s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in table:
+        lines.append(
+            f"| {r['model']} | {'-' if r['fp8_max'] is None else int(r['fp8_max'])} | {r['method']} | "
+            f"{_fmt(r['wikitext2_ppl'])} | {r['windows'] or '-'} | "
+            f"{'-' if r['average'] is None else _fmt(100 * r['average'], 1)} | "
+            f"{'-' if r['mmlu'] is None else _fmt(100 * r['mmlu'], 1)} | {_fmt(r['quantize_s'], 0)} |")
+    lines += ["", "| model | F | dpq-gar < naive < rtn (ppl) | ppl increase dpq-gar / gptq-w4a16 (<= 1.1) | "
+              "avg acc dpq-gar - float (within 1 pt) |", "|---|---|---|---|---|"]
+    for t in targets:
+        lines.append(
+            f"| {t['model']} | {int(t['fp8_max'])} | {_verdict(t['ordering']['holds'])} | "
+            f"{_fmt(t['ppl_ratio']['value'], 2)}: {_verdict(t['ppl_ratio']['holds'])} | "
+            f"{_fmt(t['accuracy']['delta_points'], 1)}: {_verdict(t['accuracy']['holds'])} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("results", nargs="+", help="dpq compare --json outputs")
+    p.add_argument("--json", default=None)
+    p.add_argument("--markdown", default=None)
+    a = p.parse_args(argv)
+    loaded = []
+    for path in a.results:
+        res = json.loads(Path(path).read_text())
+        if not isinstance(res, dict) or "results" not in res:
+            p.error(f"{path}: not a `dpq compare --json` output (no 'results')")
+        loaded.append(res)
+    table = rows(loaded)
+    targets = check(table)
+    md = to_markdown(table, targets)
+    print(md)
+    if a.json:
+        Path(a.json).write_text(json.dumps({"inputs": a.results, "rows": table, "targets": targets}, indent=2))
+    if a.markdown:
+        Path(a.markdown).write_text(md + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

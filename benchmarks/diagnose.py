@@ -1,0 +1,154 @@
+"""Where does a W4A8 checkpoint lose its accuracy: the weights, or the FP8 activations, and where?
+
+    python benchmarks/diagnose.py CHECKPOINT [--max-windows 16] [--variants all|NAME,...] [--source MODEL] \
+        [--json benchmarks/results/diagnose_NAME.json] [--markdown FILE.md]
+
+Evaluates WikiText-2 perplexity (first --max-windows windows of 2048) of variants of one
+W4A8 checkpoint, each changing one thing, against the float model it was quantized from:
+
+  float          the source model
+  w4a8           the checkpoint as saved (INT4 -> FP8 weights, static FP8 activations)
+  weights-only   the checkpoint's FP8 weights, activations left in float
+  acts-only      the float weights, activations quantized to FP8 with the checkpoint's s_x
+  float-acts:K   the checkpoint with float activations into the Linears named K only
+                 (K = qkv, o, gate_up, down), i.e. what FP8 activations cost at K
+  float:A+B      the checkpoint with the Linears named A, B (full names, e.g.
+                 model.layers.11.mlp.down_proj) put back to the float model's: what they cost
+
+Writes JSON and a markdown table; every row says which windows it used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import dpq
+from dpq.eval.perplexity import wikitext2_perplexity
+from dpq.io.checkpoint import read_quant_block
+from dpq.models.loading import load_float_model
+from dpq.models.specs import get_submodule, spec_for
+from dpq.nn.linear import W4A8Linear
+from dpq.numerics.fp8 import quantize_activation
+
+KINDS = {"qkv": ("q_proj", "k_proj", "v_proj"), "o": ("o_proj",), "gate_up": ("gate_proj", "up_proj"),
+         "down": ("down_proj",)}
+VARIANTS = ("float", "w4a8", "weights-only", "acts-only") + tuple(f"float-acts:{k}" for k in KINDS)
+
+
+class _FloatActs(nn.Module):
+    """A W4A8Linear run with its FP8 weight (times s_w) but unquantized activations."""
+
+    def __init__(self, lin: W4A8Linear) -> None:
+        super().__init__()
+        self.lin = lin
+
+    def forward(self, x):
+        w = self.lin.dequantized_weight().float() * self.lin.weight_scale.float()
+        y = x.float() @ w.t()
+        if self.lin.bias is not None:
+            y = y + self.lin.bias.float()
+        return y.to(x.dtype)
+
+
+class _FP8Acts(nn.Module):
+    """A float Linear whose input is first quantized to FP8 with a static scale."""
+
+    def __init__(self, lin: nn.Linear, s_x: float, fp8_max: float) -> None:
+        super().__init__()
+        self.lin, self.s_x, self.fp8_max = lin, s_x, fp8_max
+
+    def forward(self, x):
+        return self.lin((quantize_activation(x, self.s_x, self.fp8_max) * self.s_x).to(x.dtype))
+
+
+def _linears(model):
+    spec = spec_for(model.config)
+    for i, layer in enumerate(get_submodule(model, spec.layers)):
+        for name in spec.linears:
+            yield i, layer, name
+
+
+def _swap(layer, name, module):
+    parent, _, leaf = name.rpartition(".")
+    setattr(get_submodule(layer, parent) if parent else layer, leaf, module)
+
+
+def build(variant: str, quantized, float_model):
+    """The model of one variant (a modified copy; the inputs are left untouched)."""
+    if variant == "float":
+        return float_model
+    if variant == "w4a8":
+        return quantized
+    if variant == "acts-only":
+        m = copy.deepcopy(float_model)
+        for (i, layer, name), (_, qlayer, _) in zip(_linears(m), _linears(quantized)):
+            q = get_submodule(qlayer, name)
+            if isinstance(q, W4A8Linear) and q.is_w4a8 and q.input_scale is not None:
+                _swap(layer, name, _FP8Acts(get_submodule(layer, name), float(q.input_scale), q.fp8_max))
+        return m
+    if variant.startswith("float:"):
+        m = copy.deepcopy(quantized)
+        for full in variant.split(":", 1)[1].split("+"):
+            parent, _, leaf = full.rpartition(".")
+            setattr(get_submodule(m, parent), leaf, copy.deepcopy(get_submodule(float_model, full)))
+        return m
+    kinds = tuple(KINDS) if variant == "weights-only" else (variant.split(":", 1)[1],)
+    leaves = {leaf for k in kinds for leaf in KINDS[k]}
+    m = copy.deepcopy(quantized)
+    for i, layer, name in _linears(m):
+        q = get_submodule(layer, name)
+        if name.rpartition(".")[2] in leaves and isinstance(q, W4A8Linear) and q.is_w4a8:
+            _swap(layer, name, _FloatActs(q))
+    return m
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("checkpoint")
+    p.add_argument("--max-windows", type=int, default=16)
+    p.add_argument("--seq-len", type=int, default=2048)
+    p.add_argument("--variants", default="all", help=f"comma-separated from {', '.join(VARIANTS)}")
+    p.add_argument("--source", default=None, help="the float model, if the checkpoint does not record it")
+    p.add_argument("--json", default=None)
+    p.add_argument("--markdown", default=None)
+    a = p.parse_args(argv)
+    variants = VARIANTS if a.variants == "all" else tuple(v.strip() for v in a.variants.split(","))
+    bad = [v for v in variants if v not in VARIANTS and not v.startswith("float:")]
+    if bad:
+        p.error(f"unknown variant(s) {', '.join(bad)}: use {', '.join(VARIANTS)} or float:NAME+NAME")
+    block = read_quant_block(a.checkpoint)
+    source = a.source or block.get("source_model")
+    if not source:
+        p.error(f"{a.checkpoint} records no source model: name the float model with --source")
+    quantized, tok = dpq.load(a.checkpoint, dtype=torch.float32)
+    float_model, _, _ = load_float_model(source)
+    rows = []
+    for v in variants:
+        model = build(v, quantized, float_model)
+        r = wikitext2_perplexity(model, tok, seq_len=a.seq_len, max_windows=a.max_windows)
+        rows.append({"variant": v, "wikitext2_ppl": r.ppl, "windows": f"{r.windows_used}/{r.windows_total}"})
+        print(f"{v:>18}: {r.ppl:.3f} ({rows[-1]['windows']} windows)", flush=True)
+    base = next((r["wikitext2_ppl"] for r in rows if r["variant"] == "float"), None)
+    lines = ["| variant | wikitext2 ppl | change vs float |", "|---|---|---|"]
+    for r in rows:
+        d = "" if base is None or r["variant"] == "float" else f"{r['wikitext2_ppl'] - base:+.3f}"
+        lines.append(f"| {r['variant']} | {r['wikitext2_ppl']:.3f} ({r['windows']}) | {d} |")
+    md = f"{a.checkpoint} ({block.get('method')}, F = {block['config'].fp8.fp8_max:g})\n\n" + "\n".join(lines)
+    print(md)
+    out = {"checkpoint": a.checkpoint, "method": block.get("method"), "settings": block.get("settings"),
+           "calibration": block.get("calibration"), "rows": rows}
+    if a.json:
+        Path(a.json).write_text(json.dumps(out, indent=2))
+    if a.markdown:
+        Path(a.markdown).write_text(md + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
