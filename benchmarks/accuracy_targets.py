@@ -9,7 +9,9 @@ every F of that model. The targets, checked per (model, F) where the needed meth
 
   ordering   ppl(dpq-gar) < ppl(naive-w4a8) < ppl(rtn-w4a8)
   ppl ratio  (ppl(dpq-gar) - ppl(bf16)) <= 1.1 x (ppl(gptq-w4a16) - ppl(bf16))
-  accuracy   |average acc(dpq-gar) - average acc(bf16)| <= 1 point (only with task results)
+  accuracy   |average acc(dpq-gar) - average acc(bf16)| <= 1 point (only with task results;
+             the change is paired, example by example, with its standard error, where both
+             runs logged per-example results on the same examples)
 
 A missing method or result makes a target "not measured", never a pass.
 """
@@ -20,6 +22,9 @@ import argparse
 import json
 from pathlib import Path
 
+from dpq.eval.report import paired_average_difference
+from dpq.eval.report import to_markdown as report_markdown
+
 FLOAT = "bf16"
 W4A8 = ("rtn-w4a8", "naive-w4a8", "dpq", "dpq-gar")
 
@@ -28,27 +33,68 @@ def _fp8_max(result: dict) -> float | None:
     return (result.get("quant_kwargs") or {}).get("fp8_max")
 
 
+def float_task_results(results: list[dict]) -> dict[str, dict]:
+    """{model: the float model's evaluate dict with task results}, the first found in the inputs."""
+    out = {}
+    for res in results:
+        r = res["results"].get(FLOAT)
+        if r is not None and r.get("tasks") and res["model"] not in out:
+            out[res["model"]] = r
+    return out
+
+
+def task_tables(results: list[dict]) -> str:
+    """Per model, the per-task accuracy table (float first) with the paired change of the average."""
+    parts = []
+    floats = float_task_results(results)
+    for model in dict.fromkeys(res["model"] for res in results):
+        evals, seen = [], set()
+        if model in floats:
+            evals.append(floats[model])
+            seen.add((None, FLOAT))
+        for res in results:
+            if res["model"] != model:
+                continue
+            for method, r in res["results"].items():
+                key = (_fp8_max(res) if method in W4A8 else None, method)
+                if r.get("tasks") and key not in seen:
+                    seen.add(key)
+                    label = method if key[0] in (None, 448.0) else f"{method} (F={int(key[0])})"
+                    evals.append({**r, "method": label})
+        if len(evals) > 0:
+            parts.append(f"### {model}\n\n" + report_markdown(evals))
+    return "\n".join(parts)
+
+
 def rows(results: list[dict]) -> list[dict]:
-    """One row per (model, F, method); W4A16 and float rows do not depend on F and keep F = None."""
-    out, seen = [], set()
+    """One row per (model, F, method); W4A16 and float rows do not depend on F and keep F = None.
+
+    Several inputs may hold the same row (perplexity from one run, tasks from another): a field
+    missing from the first is taken from the next that has it.
+    """
+    out: dict[tuple, dict] = {}
+    floats = float_task_results(results)
     for res in results:
         f = _fp8_max(res)
-        windows = None
+        base = floats.get(res["model"])
         for method, r in res["results"].items():
             key = (res["model"], f if method in W4A8 else None, method)
-            if key in seen:
-                continue
-            seen.add(key)
-            windows = windows or r.get("windows")
-            out.append({
+            paired = paired_average_difference(base, r) if base is not None and method != FLOAT else None
+            row = {
                 "model": res["model"], "fp8_max": key[1], "method": method,
                 "wikitext2_ppl": r.get("wikitext2_ppl"), "windows": r.get("windows"),
                 "average": r.get("average"), "mmlu": (r.get("tasks", {}).get("mmlu") or {}).get("acc"),
-                "limit": r.get("settings", {}).get("limit"),
+                "avg_delta_paired": None if paired is None else paired["delta"],
+                "avg_delta_stderr": None if paired is None else paired["stderr"],
+                "limit": r.get("settings", {}).get("limit") if r.get("tasks") else None,
                 "quantize_s": r.get("settings", {}).get("timings", {}).get("quantize_s"),
                 "calibration": res.get("calibration"), "group_size": (res.get("quant_kwargs") or {}).get("group_size"),
-            })
-    return out
+            }
+            if key not in out:
+                out[key] = row
+            else:
+                out[key].update({k: v for k, v in row.items() if out[key].get(k) is None and v is not None})
+    return list(out.values())
 
 
 def _get(table: list[dict], model: str, f, method: str) -> dict | None:
@@ -70,14 +116,17 @@ def check(table: list[dict]) -> list[dict]:
         order = None if None in (dg, naive, rtn) else dg < naive < rtn
         ratio = None if None in (base, gptq, dg) or gptq == base else (dg - base) / (gptq - base)
         fl, q = _get(table, model, f, FLOAT), _get(table, model, f, "dpq-gar")
-        acc = None
-        if fl and q and fl["average"] is not None and q["average"] is not None:
+        acc = se = None
+        if q and q["avg_delta_paired"] is not None:
+            acc, se = 100 * q["avg_delta_paired"], 100 * q["avg_delta_stderr"]
+        elif fl and q and fl["average"] is not None and q["average"] is not None:
             acc = 100 * (q["average"] - fl["average"])
         out.append({
             "model": model, "fp8_max": f,
             "ordering": {"holds": order, "ppl": {"dpq-gar": dg, "naive-w4a8": naive, "rtn-w4a8": rtn}},
             "ppl_ratio": {"value": ratio, "target": 1.1, "holds": None if ratio is None else ratio <= 1.1},
-            "accuracy": {"delta_points": acc, "holds": None if acc is None else abs(acc) <= 1.0,
+            "accuracy": {"delta_points": acc, "paired_stderr_points": se,
+                         "holds": None if acc is None else abs(acc) <= 1.0,
                          "limit": None if q is None else q["limit"]},
         })
     return out
@@ -87,26 +136,32 @@ def _fmt(x, nd=3):
     return "-" if x is None else f"{x:.{nd}f}"
 
 
+def _pm(se):
+    return "" if se is None else f" +/- {se:.2f}"
+
+
 def _verdict(h):
     return "not measured" if h is None else ("yes" if h else "NO")
 
 
 def to_markdown(table: list[dict], targets: list[dict]) -> str:
-    lines = ["| model | F | method | wikitext2 ppl | windows | avg acc | mmlu | quantize s |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | F | method | wikitext2 ppl | windows | avg acc | avg change (paired) | mmlu | limit | quantize s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in table:
         lines.append(
             f"| {r['model']} | {'-' if r['fp8_max'] is None else int(r['fp8_max'])} | {r['method']} | "
             f"{_fmt(r['wikitext2_ppl'])} | {r['windows'] or '-'} | "
             f"{'-' if r['average'] is None else _fmt(100 * r['average'], 1)} | "
-            f"{'-' if r['mmlu'] is None else _fmt(100 * r['mmlu'], 1)} | {_fmt(r['quantize_s'], 0)} |")
+            f"{'-' if r['avg_delta_paired'] is None else _fmt(100 * r['avg_delta_paired'], 2) + _pm(100 * r['avg_delta_stderr'])} | "
+            f"{'-' if r['mmlu'] is None else _fmt(100 * r['mmlu'], 1)} | {r['limit'] or '-'} | {_fmt(r['quantize_s'], 0)} |")
     lines += ["", "| model | F | dpq-gar < naive < rtn (ppl) | ppl increase dpq-gar / gptq-w4a16 (<= 1.1) | "
               "avg acc dpq-gar - float (within 1 pt) |", "|---|---|---|---|---|"]
     for t in targets:
         lines.append(
             f"| {t['model']} | {int(t['fp8_max'])} | {_verdict(t['ordering']['holds'])} | "
             f"{_fmt(t['ppl_ratio']['value'], 2)}: {_verdict(t['ppl_ratio']['holds'])} | "
-            f"{_fmt(t['accuracy']['delta_points'], 1)}: {_verdict(t['accuracy']['holds'])} |")
+            f"{_fmt(t['accuracy']['delta_points'], 2)}{_pm(t['accuracy']['paired_stderr_points'])}: "
+            f"{_verdict(t['accuracy']['holds'])} |")
     return "\n".join(lines)
 
 
@@ -118,13 +173,19 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     loaded = []
     for path in a.results:
-        res = json.loads(Path(path).read_text())
+        try:
+            res = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            p.error(f"{path}: cannot read it as JSON ({e}); give the --json output of `dpq compare`")
         if not isinstance(res, dict) or "results" not in res:
             p.error(f"{path}: not a `dpq compare --json` output (no 'results')")
         loaded.append(res)
     table = rows(loaded)
     targets = check(table)
     md = to_markdown(table, targets)
+    tables = task_tables(loaded)
+    if tables:
+        md += "\n\n## Tasks\n\n" + tables
     print(md)
     if a.json:
         Path(a.json).write_text(json.dumps({"inputs": a.results, "rows": table, "targets": targets}, indent=2))

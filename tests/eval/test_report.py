@@ -1,4 +1,8 @@
-from dpq.eval.report import plot, to_markdown
+import math
+
+import pytest
+
+from dpq.eval.report import paired_average_difference, plot, to_markdown
 
 
 def result(method, ppl, accs, average):
@@ -36,3 +40,41 @@ def test_markdown_accepts_a_list_without_tasks():
 def test_plot_writes_a_png(tmp_path):
     path = plot(RESULTS, tmp_path / "sub" / "compare.png")
     assert path.is_file() and path.read_bytes()[:4] == b"\x89PNG"
+
+
+def with_correct(method, correct: dict):
+    """An evaluate dict whose tasks carry per-example correctness; acc and average follow from it."""
+    tasks = {t: {"acc": sum(c) / len(c), "n": len(c), "correct": c} for t, c in correct.items()}
+    accs = [v["acc"] for v in tasks.values()]
+    return {"method": method, "tasks": tasks, "average": sum(accs) / len(accs), "settings": {}}
+
+
+def test_paired_difference_matches_the_change_of_the_average_and_a_hand_computed_stderr():
+    base = with_correct("bf16", {"piqa": [1, 1, 0, 0], "boolq": [1, 0, 1, 0, 1]})
+    other = with_correct("dpq-gar", {"piqa": [1, 0, 0, 1], "boolq": [1, 0, 0, 0, 1]})
+    p = paired_average_difference(base, other)
+    assert p["delta"] == pytest.approx(other["average"] - base["average"])
+    # piqa: d = [0,-1,0,1], mean 0, var 2/3 -> se sqrt(2/3/4); boolq: d = [0,0,-1,0,0], mean -0.2, var 0.2 -> se 0.2
+    se_piqa, se_boolq = math.sqrt(2 / 3 / 4), math.sqrt(0.2 / 5)
+    assert p["tasks"]["piqa"]["stderr"] == pytest.approx(se_piqa)
+    assert p["stderr"] == pytest.approx(math.sqrt(se_piqa**2 + se_boolq**2) / 2)
+    assert p["changed"] == 3 and p["n"] == 9
+
+
+def test_paired_difference_of_identical_answers_is_exactly_zero_and_mmlu_is_left_out():
+    base = with_correct("bf16", {"piqa": [1, 0, 1], "mmlu": [0, 0, 0]})
+    other = with_correct("x", {"piqa": [1, 0, 1], "mmlu": [1, 1, 1]})
+    p = paired_average_difference(base, other)
+    assert p["delta"] == 0 and p["stderr"] == 0 and list(p["tasks"]) == ["piqa"]
+
+
+def test_paired_difference_needs_per_example_results_of_the_same_length():
+    base = with_correct("bf16", {"piqa": [1, 0, 1]})
+    assert paired_average_difference(base, with_correct("x", {"piqa": [1, 0]})) is None
+    assert paired_average_difference(RESULTS["results"]["bf16"], RESULTS["results"]["rtn-w4a8"]) is None
+
+
+def test_markdown_reports_the_paired_change_of_the_average():
+    md = to_markdown([with_correct("bf16", {"piqa": [1, 1, 0, 0]}), with_correct("dpq", {"piqa": [1, 0, 0, 0]})])
+    assert "- dpq: average -25.00 +/- 25.00 points against the float model" in md
+    assert "1 answers differ" in md

@@ -39,3 +39,17 @@ def test_smollm2_piqa_is_above_chance(smollm2, one_thread):
     # Chance is 0.5. SmolLM2-135M scored 0.70 on these 50 (0.66 on 100, 0.645 on 200); a broken
     # prompt or gold index gives about 0.5 (standard error 0.07 at n=50).
     assert res["acc"] >= 0.6
+
+
+def test_tasks_run_on_a_model_carrying_a_dpq_quantization_config(smollm2, one_thread):
+    """lm-eval's HFLM parses config.quantization_config with transformers, which knows no "dpq";
+    a loaded dpq checkpoint carries one, so run_tasks hides it while wrapping and restores it."""
+    model, tok = smollm2
+    block = {"quant_method": "dpq", "method": "dpq-gar"}
+    model.config.quantization_config = block
+    try:
+        res = run_tasks(model, tok, ["piqa"], limit=4)["piqa"]
+        assert res["n"] == 4 and len(res["correct"]) == 4 and res["acc"] == sum(res["correct"]) / 4
+        assert model.config.quantization_config is block
+    finally:
+        del model.config.quantization_config

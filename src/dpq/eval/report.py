@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from dpq.eval.compare import FLOAT
@@ -34,6 +35,43 @@ def _delta(x, base, digits: int, scale: float = 1.0) -> str:
     if x is None or base is None:
         return ""
     return f" ({(x - base) * scale:+.{digits}f})"
+
+
+def paired_average_difference(base: dict, other: dict) -> dict | None:
+    """Change of the average accuracy from `base` to `other`, with its paired standard error.
+
+    Both are evaluate dicts whose tasks carry `correct` (0/1 per example, in doc order) for the
+    same examples. The average is over the tasks other than MMLU (the rule `evaluate` uses).
+    Per task t with n_t examples, d_i = correct_other_i - correct_base_i:
+        delta_t = mean(d),  se_t = std(d, ddof=1) / sqrt(n_t)
+    and for the average over T tasks: delta = mean_t delta_t, se = sqrt(sum_t se_t^2) / T.
+    Pairing removes the spread of example difficulty that both models share, so se is far
+    smaller than the unpaired one when the models agree on most examples.
+
+    Returns {"delta", "stderr", "n", "changed", "tasks": {t: {"delta", "stderr", "n", "changed"}}}
+    (fractions, not points), or None when a task lacks per-example results or they differ in length.
+    """
+    names = [t for t in base.get("tasks", {}) if t != "mmlu" and t in other.get("tasks", {})]
+    if not names:
+        return None
+    per_task = {}
+    for t in names:
+        a, b = base["tasks"][t].get("correct"), other["tasks"][t].get("correct")
+        if not a or not b or len(a) != len(b):
+            return None
+        n = len(a)
+        d = [y - x for x, y in zip(a, b)]
+        mean = sum(d) / n
+        var = sum((v - mean) ** 2 for v in d) / (n - 1) if n > 1 else 0.0
+        per_task[t] = {"delta": mean, "stderr": math.sqrt(var / n), "n": n, "changed": sum(v != 0 for v in d)}
+    k = len(per_task)
+    return {
+        "delta": sum(v["delta"] for v in per_task.values()) / k,
+        "stderr": math.sqrt(sum(v["stderr"] ** 2 for v in per_task.values())) / k,
+        "n": sum(v["n"] for v in per_task.values()),
+        "changed": sum(v["changed"] for v in per_task.values()),
+        "tasks": per_task,
+    }
 
 
 def to_markdown(results) -> str:
@@ -74,6 +112,14 @@ def to_markdown(results) -> str:
         "Parentheses: change against the float model.",
     ]
     foot += [f"- {n}" for n in notes]
+    for r in rows:
+        paired = paired_average_difference(base, r) if base and r is not base else None
+        if paired:
+            foot.append(
+                f"- {r.get('method')}: average {100 * paired['delta']:+.2f} +/- {100 * paired['stderr']:.2f} points "
+                f"against the float model (paired standard error over the same {paired['n']} examples; "
+                f"{paired['changed']} answers differ)"
+            )
     return "\n".join(lines + foot) + "\n"
 
 

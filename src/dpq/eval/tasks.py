@@ -17,6 +17,7 @@ import contextlib
 import csv
 import hashlib
 import json
+import math
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -325,9 +326,36 @@ def _env(**values: str) -> Iterator[None]:
                 os.environ[k] = v
 
 
+@contextlib.contextmanager
+def _quant_config_hidden(model) -> Iterator[None]:
+    """Hide a dpq `quantization_config` from lm-eval's HFLM while it wraps the in-memory model.
+
+    HFLM parses `model.config.quantization_config` with transformers' AutoQuantizationConfig,
+    which knows no "dpq" method and raises; it only needs it to load a model by name, so the
+    already-loaded W4A8 model is unaffected by hiding it.
+    """
+    config = getattr(model, "config", None)
+    qc = getattr(config, "quantization_config", None)
+    hide = isinstance(qc, dict) and qc.get("quant_method") == "dpq"
+    if hide:
+        del config.quantization_config
+    try:
+        yield
+    finally:
+        if hide:
+            config.quantization_config = qc
+
+
 def _metric(res: dict, name: str) -> float | None:
     v = res.get(f"{name},none")
     return float(v) if isinstance(v, (int, float)) else None
+
+
+def _per_doc_correct(task_samples: list[dict] | None) -> list[int]:
+    """acc of each logged example (0 or 1), ordered by doc_id; [] when none were logged."""
+    if not task_samples:
+        return []
+    return [int(round(float(x["acc"]))) for x in sorted(task_samples, key=lambda x: x["doc_id"]) if "acc" in x]
 
 
 def _summarize(spec: TaskSpec, lm_name: str, out: dict, local: bool, num_fewshot: int, limit) -> dict:
@@ -338,14 +366,22 @@ def _summarize(spec: TaskSpec, lm_name: str, out: dict, local: bool, num_fewshot
         entry["acc_norm"] = _metric(res, "acc_norm")
     if _metric(res, "perplexity") is not None:
         entry["perplexity"] = _metric(res, "perplexity")
+    samples = out.get("samples", {})
     if spec.name == "mmlu":
         prefix = f"{lm_name}_"
         groups = out.get("groups", {})  # the built-in mmlu also reports mmlu_stem, mmlu_humanities, ...
         subjects = {k.removeprefix(prefix): v for k, v in results.items() if k.startswith(prefix) and k not in groups}
         entry["subjects"] = {k: _metric(v, "acc") for k, v in sorted(subjects.items())}
         entry["n"] = sum(nsamples.get(prefix + s, {}).get("effective", 0) for s in subjects)
+        per_doc = [c for s in sorted(subjects) for c in _per_doc_correct(samples.get(prefix + s))]
     else:
         entry["n"] = nsamples.get(lm_name, {}).get("effective")
+        per_doc = _per_doc_correct(samples.get(lm_name))
+    if entry["acc"] is not None and entry["n"] and entry["n"] > 1:
+        p = entry["acc"]  # lm-eval's stderr of a mean: sample std / sqrt(n)
+        entry["acc_stderr"] = math.sqrt(p * (1.0 - p) / (entry["n"] - 1))
+    if per_doc and len(per_doc) == entry["n"]:
+        entry["correct"] = per_doc  # 0/1 per example in doc order: paired comparisons between models
     notes = [spec.note] if spec.note and local else []
     if not local:
         notes.append(f"lm-eval built-in task {spec.builtin} (downloaded)")
@@ -392,7 +428,8 @@ def run_tasks(
         manager = TaskManager(verbosity="ERROR")
         names = [s.builtin for s in specs]
         env = {}
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    with _quant_config_hidden(model):
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     with _env(**env):
         out = lm_eval.simple_evaluate(
             model=lm,
@@ -400,7 +437,7 @@ def run_tasks(
             num_fewshot=num_fewshot,
             limit=limit,
             task_manager=manager,
-            log_samples=False,
+            log_samples=True,  # per-example correctness, for paired comparisons
             bootstrap_iters=0,  # stderr by bootstrap spawns processes; not needed here
             verbosity="ERROR",
         )
