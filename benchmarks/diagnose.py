@@ -1,10 +1,12 @@
 """Where does a W4A8 checkpoint lose its accuracy: the weights, or the FP8 activations, and where?
 
     python benchmarks/diagnose.py CHECKPOINT [--max-windows 16] [--variants all|NAME,...] [--source MODEL] \
+        [--ppl wikitext2|none] [--tasks lambada,... --limit N] \
         [--json benchmarks/results/diagnose_NAME.json] [--markdown FILE.md]
 
-Evaluates WikiText-2 perplexity (first --max-windows windows of 2048) of variants of one
-W4A8 checkpoint, each changing one thing, against the float model it was quantized from:
+Evaluates WikiText-2 perplexity (first --max-windows windows of 2048), and with --tasks the
+accuracy on those lm-eval tasks, of variants of one W4A8 checkpoint, each changing one thing,
+against the float model it was quantized from:
 
   float          the source model
   w4a8           the checkpoint as saved (INT4 -> FP8 weights, static FP8 activations)
@@ -30,6 +32,7 @@ from torch import nn
 
 import dpq
 from dpq.eval.perplexity import wikitext2_perplexity
+from dpq.eval.tasks import run_tasks
 from dpq.io.checkpoint import read_quant_block
 from dpq.models.loading import load_float_model
 from dpq.models.specs import get_submodule, spec_for
@@ -108,6 +111,25 @@ def build(variant: str, quantized, float_model):
     return m
 
 
+def _table(rows: list[dict], tasks: list[str]) -> list[str]:
+    """Markdown lines: perplexity and each task's acc (%) per variant, with the change against float."""
+    base = next((r for r in rows if r["variant"] == "float"), None)
+    has_ppl = any(r["wikitext2_ppl"] is not None for r in rows)
+    head = ["variant"] + (["wikitext2 ppl", "change vs float"] if has_ppl else []) + [f"{t} acc %" for t in tasks]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["variant"]]
+        if has_ppl:
+            d = "" if base is None or r is base else f"{r['wikitext2_ppl'] - base['wikitext2_ppl']:+.3f}"
+            cells += [f"{r['wikitext2_ppl']:.3f} ({r['windows']})", d]
+        for t in tasks:
+            acc = r["tasks"][t]["acc"]
+            d = "" if base is None or r is base else f" ({100 * (acc - base['tasks'][t]['acc']):+.1f})"
+            cells.append(f"{100 * acc:.1f}{d}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("checkpoint")
@@ -115,9 +137,15 @@ def main(argv=None) -> int:
     p.add_argument("--seq-len", type=int, default=2048)
     p.add_argument("--variants", default="all", help=f"comma-separated from {', '.join(VARIANTS)}")
     p.add_argument("--source", default=None, help="the float model, if the checkpoint does not record it")
+    p.add_argument("--ppl", choices=("wikitext2", "none"), default="wikitext2")
+    p.add_argument("--tasks", default="", help="comma-separated lm-eval tasks (see dpq eval --help)")
+    p.add_argument("--limit", type=int, default=None, help="examples per task")
     p.add_argument("--json", default=None)
     p.add_argument("--markdown", default=None)
     a = p.parse_args(argv)
+    tasks = [t.strip() for t in a.tasks.split(",") if t.strip()]
+    if a.ppl == "none" and not tasks:
+        p.error("nothing to evaluate: --ppl none needs --tasks")
     variants = VARIANTS if a.variants == "all" else tuple(v.strip() for v in a.variants.split(","))
     bad = [v for v in variants if v not in VARIANTS and not v.startswith("float:")]
     if bad:
@@ -131,14 +159,16 @@ def main(argv=None) -> int:
     rows = []
     for v in variants:
         model = build(v, quantized, float_model)
-        r = wikitext2_perplexity(model, tok, seq_len=a.seq_len, max_windows=a.max_windows)
-        rows.append({"variant": v, "wikitext2_ppl": r.ppl, "windows": f"{r.windows_used}/{r.windows_total}"})
-        print(f"{v:>18}: {r.ppl:.3f} ({rows[-1]['windows']} windows)", flush=True)
-    base = next((r["wikitext2_ppl"] for r in rows if r["variant"] == "float"), None)
-    lines = ["| variant | wikitext2 ppl | change vs float |", "|---|---|---|"]
-    for r in rows:
-        d = "" if base is None or r["variant"] == "float" else f"{r['wikitext2_ppl'] - base:+.3f}"
-        lines.append(f"| {r['variant']} | {r['wikitext2_ppl']:.3f} ({r['windows']}) | {d} |")
+        row = {"variant": v, "wikitext2_ppl": None, "windows": None}
+        if a.ppl == "wikitext2":
+            r = wikitext2_perplexity(model, tok, seq_len=a.seq_len, max_windows=a.max_windows)
+            row.update(wikitext2_ppl=r.ppl, windows=f"{r.windows_used}/{r.windows_total}")
+        if tasks:
+            row["tasks"] = {t: {"acc": x["acc"], "n": x["n"]} for t, x in run_tasks(model, tok, tasks, limit=a.limit).items()}
+        rows.append(row)
+        print(f"{v:>18}: ppl {row['wikitext2_ppl']} ({row['windows']} windows) "
+              + " ".join(f"{t} {x['acc']:.3f}" for t, x in row.get("tasks", {}).items()), flush=True)
+    lines = _table(rows, tasks)
     md = f"{a.checkpoint} ({block.get('method')}, F = {block['config'].fp8.fp8_max:g})\n\n" + "\n".join(lines)
     print(md)
     out = {"checkpoint": a.checkpoint, "method": block.get("method"), "settings": block.get("settings"),
