@@ -107,3 +107,48 @@ def test_w4a16_module_under_triton_runs_reference():
     m = make_module(fp8_max=None)
     x = torch.randn(4, m.in_features).to(torch.bfloat16).to(DEVICE)
     assert torch.equal(run(m, x, "triton"), run(m, x, "reference"))  # the same reference code runs
+
+
+@pytest.fixture
+def _reset_float_cache():
+    ops.set_float_cache(None)
+    yield
+    ops.set_float_cache(None)
+
+
+@pytest.mark.parametrize("fmax", [448.0, None])
+def test_float_weight_cache_gives_identical_outputs(fmax, _reset_float_cache):
+    m = make_module(fp8_max=fmax)
+    x = (torch.randn(3, m.in_features) * 2).to(torch.bfloat16).to(DEVICE)
+    ops.set_float_cache("off")
+    y_off = run(m, x, "reference")
+    assert m._float_cache is None
+    ops.set_float_cache("on")
+    y_on = run(m, x, "reference")
+    assert torch.equal(y_on, y_off)  # the FP8 -> float32 cast is exact: bit-identical
+    if fmax is not None:
+        assert m._float_cache is not None and m._float_cache.dtype == torch.float32
+        assert torch.equal(m._float_cache, m.dequantized_weight().float())
+
+
+def test_float_weight_cache_is_dropped_with_new_buffers(_reset_float_cache):
+    ops.set_float_cache("on")
+    m, other = make_module(seed=0), make_module(seed=1)
+    x = torch.randn(2, m.in_features).to(torch.bfloat16).to(DEVICE)
+    run(m, x, "reference")
+    m.load_state_dict(other.state_dict())
+    assert m._float_cache is None
+    assert torch.equal(run(m, x, "reference"), run(other, x, "reference"))
+
+
+def test_float_cache_setting_auto_and_bad_names(monkeypatch, _reset_float_cache):
+    monkeypatch.delenv("DPQ_FLOAT_CACHE", raising=False)
+    assert ops.keep_float_weight(torch.device("cpu"))
+    assert not ops.keep_float_weight(torch.device("cuda"))
+    monkeypatch.setenv("DPQ_FLOAT_CACHE", "off")
+    assert not ops.keep_float_weight(torch.device("cpu"))
+    monkeypatch.setenv("DPQ_FLOAT_CACHE", "yes")
+    with pytest.raises(ValueError, match="DPQ_FLOAT_CACHE='yes'.*auto, on, off"):
+        ops.keep_float_weight(torch.device("cpu"))
+    with pytest.raises(ValueError, match="float cache"):
+        ops.set_float_cache("fp16")

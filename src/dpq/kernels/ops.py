@@ -5,6 +5,12 @@
 reference otherwise. Forcing "triton" works on such a GPU, and on the CPU
 when TRITON_INTERPRET=1 is set (Triton's interpreter: slow, for tests);
 anywhere else it fails with a message that says what to do.
+
+`DPQ_FLOAT_CACHE=auto|on|off` (or `set_float_cache`): whether the reference
+path keeps a float32 copy of each FP8 weight instead of casting it on every
+call. The values are identical (the cast is exact); "auto" keeps it on the
+CPU, where the cast costs about as much as the matmul, and not on a GPU.
+It costs 4 bytes per weight element.
 """
 
 from __future__ import annotations
@@ -31,6 +37,28 @@ def get_backend() -> str:
     if name not in BACKENDS:
         raise ValueError(f"DPQ_KERNEL={name!r}: use one of {', '.join(BACKENDS)}")
     return name
+
+
+FLOAT_CACHE_MODES = ("auto", "on", "off")
+_float_cache: str | None = None
+
+
+def set_float_cache(mode: str | None) -> None:
+    """Force the reference path's float32 weight cache ("auto", "on", "off"); None defers to DPQ_FLOAT_CACHE."""
+    global _float_cache
+    if mode is not None and mode not in FLOAT_CACHE_MODES:
+        raise ValueError(f"float cache {mode!r}: use one of {', '.join(FLOAT_CACHE_MODES)}")
+    _float_cache = mode
+
+
+def keep_float_weight(device: torch.device) -> bool:
+    """Whether the reference path on `device` should cache float32 weights (see the module docstring)."""
+    mode = _float_cache or os.environ.get("DPQ_FLOAT_CACHE", "auto")
+    if mode not in FLOAT_CACHE_MODES:
+        raise ValueError(f"DPQ_FLOAT_CACHE={mode!r}: use one of {', '.join(FLOAT_CACHE_MODES)}")
+    if mode == "auto":
+        return device.type == "cpu"
+    return mode == "on"
 
 
 def triton_available() -> bool:

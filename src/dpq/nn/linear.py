@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from dpq.kernels import ops
-from dpq.kernels.reference import dequant_weight, linear_from_dequant, linear_per_token, vllm_dequant_weight
+from dpq.kernels.reference import ACC_DTYPE, dequant_weight, linear_from_dequant, linear_per_token, vllm_dequant_weight
 from dpq.numerics.int4 import num_groups, pack_int4, storage_dtype
 from dpq.numerics.qweight import QuantizedWeight
 
@@ -63,6 +63,7 @@ class W4A8Linear(nn.Module):
         else:
             self.bias = None
         self._dequant_cache: torch.Tensor | None = None
+        self._float_cache: torch.Tensor | None = None
         self._kernel_state: object | None = None
 
     @classmethod
@@ -97,6 +98,7 @@ class W4A8Linear(nn.Module):
     def invalidate_cache(self) -> None:
         """Drop cached dequantized weights and kernel layouts (after loading new buffers)."""
         self._dequant_cache = None
+        self._float_cache = None
         self._kernel_state = None
 
     def _load_from_state_dict(self, *args, **kwargs):  # noqa: D401 - torch hook
@@ -122,18 +124,28 @@ class W4A8Linear(nn.Module):
             )
         return self._dequant_cache
 
+    def reference_weight(self) -> torch.Tensor:
+        """The weight the reference path multiplies: `dequantized_weight()`, or its exact float32
+        copy, cached, where `ops.keep_float_weight` says so (on the CPU by default)."""
+        w = self.dequantized_weight()
+        if w.dtype == ACC_DTYPE or not ops.keep_float_weight(w.device):
+            return w
+        if self._float_cache is None:
+            self._float_cache = w.to(ACC_DTYPE)
+        return self._float_cache
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         backend = ops.choose_backend(x.device)
         s_w = self.weight_scale
         s_x = self.input_scale
         if self.dynamic_act:  # no fast kernel for per-token dynamic FP8 yet: the reference
-            y = linear_per_token(x, self.dequantized_weight(), self.bias)
+            y = linear_per_token(x, self.reference_weight(), self.bias)
         elif backend == "triton":
             from dpq.kernels.triton_w4a8 import w4a8_linear_module  # imported only where used
 
             y = w4a8_linear_module(self, x)
         else:
-            y = linear_from_dequant(x, self.dequantized_weight(), s_w.float(), None if s_x is None else s_x.float(),
+            y = linear_from_dequant(x, self.reference_weight(), s_w.float(), None if s_x is None else s_x.float(),
                                     self.bias, self.fp8_max)
         return y.to(x.dtype)
 
