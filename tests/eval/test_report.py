@@ -78,3 +78,13 @@ def test_markdown_reports_the_paired_change_of_the_average():
     md = to_markdown([with_correct("bf16", {"piqa": [1, 1, 0, 0]}), with_correct("dpq", {"piqa": [1, 0, 0, 0]})])
     assert "- dpq: average -25.00 +/- 25.00 points against the float model" in md
     assert "1 answers differ" in md
+
+
+def test_footer_names_only_what_was_measured():
+    md = to_markdown(RESULTS)
+    assert "perplexity windows 8/140 of 2048 tokens; tasks: acc in %, 0-shot, limit 100" in md
+    tasks_only = {"results": {m: {**r, "wikitext2_ppl": None, "windows": None} for m, r in RESULTS["results"].items()}}
+    assert "no perplexity; tasks: acc in %" in to_markdown(tasks_only)
+    ppl_only = to_markdown([{"method": "dpq", "wikitext2_ppl": 21.0, "windows": "4/9", "tasks": {},
+                             "settings": {"seq_len": 512}}])
+    assert "perplexity windows 4/9 of 512 tokens; no tasks." in ppl_only

@@ -105,12 +105,11 @@ def to_markdown(results) -> str:
     first = rows[0]
     s = first.get("settings", {})
     notes = sorted({f"{t}: {v['note']}" for r in rows for t, v in r.get("tasks", {}).items() if v.get("note")})
-    foot = [
-        "",
-        f"Model {first.get('model')}; perplexity windows {first.get('windows')} of {s.get('seq_len')} tokens; "
-        f"tasks: acc in %, {s.get('num_fewshot', 0)}-shot, limit {s.get('limit')}; average: {s.get('average')}. "
-        "Parentheses: change against the float model.",
-    ]
+    ppl = (f"perplexity windows {first.get('windows')} of {s.get('seq_len')} tokens"
+           if first.get("windows") else "no perplexity")
+    tasks = (f"tasks: acc in %, {s.get('num_fewshot', 0)}-shot, limit {s.get('limit') or 'none'}; "
+             f"average: {s.get('average')}" if any(r.get("tasks") for r in rows) else "no tasks")
+    foot = ["", f"Model {first.get('model')}; {ppl}; {tasks}. Parentheses: change against the float model."]
     foot += [f"- {n}" for n in notes]
     for r in rows:
         paired = paired_average_difference(base, r) if base and r is not base else None
