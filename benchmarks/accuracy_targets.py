@@ -24,6 +24,8 @@ from pathlib import Path
 
 from dpq.eval.report import paired_average_difference
 from dpq.eval.report import to_markdown as report_markdown
+from dpq.eval.run import task_average
+from dpq.eval.tasks import TASKS
 
 FLOAT = "bf16"
 W4A8 = ("rtn-w4a8", "naive-w4a8", "dpq", "dpq-gar")
@@ -33,68 +35,95 @@ def _fp8_max(result: dict) -> float | None:
     return (result.get("quant_kwargs") or {}).get("fp8_max")
 
 
-def float_task_results(results: list[dict]) -> dict[str, dict]:
-    """{model: the float model's evaluate dict with task results}, the first found in the inputs."""
-    out = {}
+def _windows_used(r: dict) -> int:
+    """How many perplexity windows a result used ("16/142" -> 16; a full run counts all)."""
+    w = r.get("windows")
+    try:
+        return int(str(w).split("/")[0])
+    except ValueError:
+        return 0
+
+
+def merged(results: list[dict]) -> dict[tuple, dict]:
+    """One evaluate dict per (model, F, method), merged over the inputs.
+
+    F is None for the float model and the W4A16 methods (they do not depend on it). Perplexity is
+    taken from the input that used the most windows; each task from the first input that has it;
+    the average is recomputed over the merged tasks (MMLU apart, the rule of `evaluate`); the
+    settings are those of the first input with tasks other than MMLU. `meta` keeps the limits of
+    the tasks and of MMLU, the quantization time, the calibration and the group size.
+    """
+    out: dict[tuple, dict] = {}
+    task_settings: set[tuple] = set()  # keys whose settings come from a run of tasks other than MMLU
     for res in results:
-        r = res["results"].get(FLOAT)
-        if r is not None and r.get("tasks") and res["model"] not in out:
-            out[res["model"]] = r
+        f = _fp8_max(res)
+        for method, r in res["results"].items():
+            key = (res["model"], f if method in W4A8 else None, method)
+            e = out.setdefault(key, {"model": res["model"], "method": method, "wikitext2_ppl": None,
+                                     "windows": None, "tasks": {}, "settings": {}, "average": None,
+                                     "meta": {"limit": None, "mmlu_limit": None, "quantize_s": None,
+                                              "calibration": None, "group_size": None}})
+            meta, tasks = e["meta"], r.get("tasks") or {}
+            settings = r.get("settings") or {}
+            if r.get("wikitext2_ppl") is not None and _windows_used(r) > _windows_used(e):
+                e["wikitext2_ppl"], e["windows"] = r["wikitext2_ppl"], r.get("windows")
+            for name, t in tasks.items():
+                e["tasks"].setdefault(name, t)
+            if any(name != "mmlu" for name in tasks) and key not in task_settings:
+                task_settings.add(key)
+                meta["limit"] = settings.get("limit")
+                e["settings"] = settings  # the footer's limit is that of these tasks
+            if "mmlu" in tasks and meta["mmlu_limit"] is None:
+                meta["mmlu_limit"] = settings.get("limit")
+            for k, v in (("quantize_s", settings.get("timings", {}).get("quantize_s")),
+                         ("calibration", res.get("calibration")),
+                         ("group_size", (res.get("quant_kwargs") or {}).get("group_size"))):
+                if meta[k] is None:
+                    meta[k] = v
+            if not e["settings"] and settings:
+                e["settings"] = settings
+    order = list(TASKS)
+    for e in out.values():
+        e["tasks"] = dict(sorted(e["tasks"].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
+        e["average"] = task_average(e["tasks"])
     return out
 
 
 def task_tables(results: list[dict]) -> str:
     """Per model, the per-task accuracy table (float first) with the paired change of the average."""
     parts = []
-    floats = float_task_results(results)
+    evals = merged(results)
     for model in dict.fromkeys(res["model"] for res in results):
-        evals, seen = [], set()
-        if model in floats:
-            evals.append(floats[model])
-            seen.add((None, FLOAT))
-        for res in results:
-            if res["model"] != model:
-                continue
-            for method, r in res["results"].items():
-                key = (_fp8_max(res) if method in W4A8 else None, method)
-                if r.get("tasks") and key not in seen:
-                    seen.add(key)
-                    label = method if key[0] in (None, 448.0) else f"{method} (F={int(key[0])})"
-                    evals.append({**r, "method": label})
-        if len(evals) > 0:
-            parts.append(f"### {model}\n\n" + report_markdown(evals))
+        keys = [k for k, e in evals.items() if k[0] == model and e["tasks"]]
+        keys.sort(key=lambda k: k[2] != FLOAT)  # float first, then the order of the inputs
+        rows_ = [{**evals[k], "method": k[2] if k[1] in (None, 448.0) else f"{k[2]} (F={int(k[1])})"}
+                 for k in keys]
+        if rows_:
+            parts.append(f"### {model}\n\n" + report_markdown(rows_))
     return "\n".join(parts)
 
 
 def rows(results: list[dict]) -> list[dict]:
-    """One row per (model, F, method); W4A16 and float rows do not depend on F and keep F = None.
-
-    Several inputs may hold the same row (perplexity from one run, tasks from another): a field
-    missing from the first is taken from the next that has it.
-    """
-    out: dict[tuple, dict] = {}
-    floats = float_task_results(results)
-    for res in results:
-        f = _fp8_max(res)
-        base = floats.get(res["model"])
-        for method, r in res["results"].items():
-            key = (res["model"], f if method in W4A8 else None, method)
-            paired = paired_average_difference(base, r) if base is not None and method != FLOAT else None
-            row = {
-                "model": res["model"], "fp8_max": key[1], "method": method,
-                "wikitext2_ppl": r.get("wikitext2_ppl"), "windows": r.get("windows"),
-                "average": r.get("average"), "mmlu": (r.get("tasks", {}).get("mmlu") or {}).get("acc"),
-                "avg_delta_paired": None if paired is None else paired["delta"],
-                "avg_delta_stderr": None if paired is None else paired["stderr"],
-                "limit": r.get("settings", {}).get("limit") if r.get("tasks") else None,
-                "quantize_s": r.get("settings", {}).get("timings", {}).get("quantize_s"),
-                "calibration": res.get("calibration"), "group_size": (res.get("quant_kwargs") or {}).get("group_size"),
-            }
-            if key not in out:
-                out[key] = row
-            else:
-                out[key].update({k: v for k, v in row.items() if out[key].get(k) is None and v is not None})
-    return list(out.values())
+    """One row per (model, F, method), merged over the inputs (see `merged`): perplexity from one
+    run and tasks from others make one row. The float model's merged tasks are the baseline of the
+    paired change, for every F."""
+    evals = merged(results)
+    out = []
+    for (model, f, method), e in evals.items():
+        base = evals.get((model, None, FLOAT))
+        paired = (paired_average_difference(base, e)
+                  if base is not None and base["tasks"] and method != FLOAT else None)
+        meta = e["meta"]
+        out.append({
+            "model": model, "fp8_max": f, "method": method,
+            "wikitext2_ppl": e["wikitext2_ppl"], "windows": e["windows"],
+            "average": e["average"], "mmlu": (e["tasks"].get("mmlu") or {}).get("acc"),
+            "avg_delta_paired": None if paired is None else paired["delta"],
+            "avg_delta_stderr": None if paired is None else paired["stderr"],
+            "limit": meta["limit"], "mmlu_limit": meta["mmlu_limit"], "quantize_s": meta["quantize_s"],
+            "calibration": meta["calibration"], "group_size": meta["group_size"],
+        })
+    return out
 
 
 def _get(table: list[dict], model: str, f, method: str) -> dict | None:
@@ -140,6 +169,13 @@ def _pm(se):
     return "" if se is None else f" +/- {se:.2f}"
 
 
+def _mmlu(r: dict) -> str:
+    if r["mmlu"] is None:
+        return "-"
+    lim = r.get("mmlu_limit")
+    return _fmt(100 * r["mmlu"], 1) + ("" if lim is None else f" ({lim}/subject)")
+
+
 def _verdict(h):
     return "not measured" if h is None else ("yes" if h else "NO")
 
@@ -153,7 +189,7 @@ def to_markdown(table: list[dict], targets: list[dict]) -> str:
             f"{_fmt(r['wikitext2_ppl'])} | {r['windows'] or '-'} | "
             f"{'-' if r['average'] is None else _fmt(100 * r['average'], 1)} | "
             f"{'-' if r['avg_delta_paired'] is None else _fmt(100 * r['avg_delta_paired'], 2) + _pm(100 * r['avg_delta_stderr'])} | "
-            f"{'-' if r['mmlu'] is None else _fmt(100 * r['mmlu'], 1)} | {r['limit'] or '-'} | {_fmt(r['quantize_s'], 0)} |")
+            f"{_mmlu(r)} | {r['limit'] or '-'} | {_fmt(r['quantize_s'], 0)} |")
     lines += ["", "| model | F | dpq-gar < naive < rtn (ppl) | ppl increase dpq-gar / gptq-w4a16 (<= 1.1) | "
               "avg acc dpq-gar - float (within 1 pt) |", "|---|---|---|---|---|"]
     for t in targets:

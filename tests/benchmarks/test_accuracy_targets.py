@@ -77,5 +77,33 @@ def test_the_float_tasks_of_another_run_are_the_baseline_and_a_task_table_is_wri
     dg = next(r for r in table if r["method"] == "dpq-gar")
     assert dg["avg_delta_paired"] == pytest.approx(-0.02)
     md = AT.task_tables([PPL, float_only, quant_only])
-    assert "### tiny" in md and "| bf16 | 60.0 | 60.0 |" in md and "| dpq-gar | 58.0 (-2.0) | 58.0 (-2.0) |" in md
+    assert "### tiny" in md and "| bf16 | 20.000 | 60.0 | 60.0 |" in md
+    assert "| dpq-gar | 24.200 (+4.200) | 58.0 (-2.0) | 58.0 (-2.0) |" in md
     assert "- dpq-gar: average -2.00 +/- 1.41 points" in md
+
+
+def mmlu_row(method, acc):
+    return {"method": method, "wikitext2_ppl": None, "average": None, "settings": {"limit": 5},
+            "tasks": {"mmlu": {"acc": acc, "n": 285, "correct": [1] * 10 + [0] * 275}}}
+
+
+def test_an_mmlu_only_run_adds_a_column_and_keeps_the_pairing_of_the_other_tasks():
+    mmlu = compare({"bf16": mmlu_row("bf16", 0.225), "dpq-gar": mmlu_row("dpq-gar", 0.249)})
+    for order in ([PPL, mmlu, TASKS], [PPL, TASKS, mmlu]):
+        table = AT.rows(order)
+        fl = next(r for r in table if r["method"] == "bf16")
+        dg = next(r for r in table if r["method"] == "dpq-gar")
+        assert fl["mmlu"] == 0.225 and dg["mmlu"] == 0.249 and dg["mmlu_limit"] == 5
+        assert dg["average"] == pytest.approx(0.59) and dg["limit"] == 100  # MMLU stays out of the average
+        assert dg["avg_delta_paired"] == pytest.approx(-0.01)
+        md = AT.task_tables(order)
+        assert "| method | wikitext2 ppl | piqa | mmlu | average |" in md  # the tasks in their usual order
+        assert "| bf16 | 20.000 | 60.0 | 22.5 | 60.0 |" in md
+        assert "- dpq-gar: average -1.00 +/- 1.00 points" in md
+
+
+def test_the_perplexity_with_the_most_windows_wins():
+    full = compare({"dpq-gar": {**ppl_row("dpq-gar", 23.0), "windows": "10/10"}})
+    for order in ([PPL, full], [full, PPL]):
+        dg = next(r for r in AT.rows(order) if r["method"] == "dpq-gar")
+        assert dg["wikitext2_ppl"] == 23.0 and dg["windows"] == "10/10"
