@@ -13,7 +13,8 @@ every F of that model. The targets, checked per (model, F) where the needed meth
              the change is paired, example by example, with its standard error, where both
              runs logged per-example results on the same examples)
 
-A missing method or result makes a target "not measured", never a pass.
+A missing method or result makes a target "not measured", never a pass. Perplexities are compared
+only on the same windows: a target uses the most windows that all its methods were measured on.
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ def merged(results: list[dict]) -> dict[tuple, dict]:
                                      "meta": {"limit": None, "mmlu_limit": None, "quantize_s": None,
                                               "calibration": None, "group_size": None}})
             meta, tasks = e["meta"], r.get("tasks") or {}
+            if r.get("wikitext2_ppl") is not None:
+                e.setdefault("ppl_by_windows", {}).setdefault(str(r.get("windows")), r["wikitext2_ppl"])
             settings = r.get("settings") or {}
             if r.get("wikitext2_ppl") is not None and _windows_used(r) > _windows_used(e):
                 e["wikitext2_ppl"], e["windows"] = r["wikitext2_ppl"], r.get("windows")
@@ -96,8 +99,9 @@ def task_tables(results: list[dict]) -> str:
     for model in dict.fromkeys(res["model"] for res in results):
         keys = [k for k, e in evals.items() if k[0] == model and e["tasks"]]
         keys.sort(key=lambda k: k[2] != FLOAT)  # float first, then the order of the inputs
-        rows_ = [{**evals[k], "method": k[2] if k[1] in (None, 448.0) else f"{k[2]} (F={int(k[1])})"}
-                 for k in keys]
+        # perplexity stays in the main table: the methods' windows may differ, so no deltas here
+        rows_ = [{**evals[k], "wikitext2_ppl": None, "windows": None,
+                  "method": k[2] if k[1] in (None, 448.0) else f"{k[2]} (F={int(k[1])})"} for k in keys]
         if rows_:
             parts.append(f"### {model}\n\n" + report_markdown(rows_))
     return "\n".join(parts)
@@ -117,6 +121,7 @@ def rows(results: list[dict]) -> list[dict]:
         out.append({
             "model": model, "fp8_max": f, "method": method,
             "wikitext2_ppl": e["wikitext2_ppl"], "windows": e["windows"],
+            "ppl_by_windows": e.get("ppl_by_windows", {}),
             "average": e["average"], "mmlu": (e["tasks"].get("mmlu") or {}).get("acc"),
             "avg_delta_paired": None if paired is None else paired["delta"],
             "avg_delta_stderr": None if paired is None else paired["stderr"],
@@ -137,13 +142,21 @@ def check(table: list[dict]) -> list[dict]:
     """The targets of the module doc, per (model, F)."""
     out = []
     for model, f in sorted({(r["model"], r["fp8_max"]) for r in table if r["fp8_max"] is not None}):
-        def ppl(m, model=model, f=f):
-            r = _get(table, model, f, m)
-            return None if r is None else r["wikitext2_ppl"]
+        def ppl(methods, model=model, f=f):
+            """The methods' perplexities on the most windows they all share, and that window label."""
+            found = [_get(table, model, f, m) for m in methods]
+            if any(r is None for r in found):
+                return [None] * len(methods), None
+            shared = set.intersection(*(set(r["ppl_by_windows"]) for r in found))
+            if not shared:
+                return [None] * len(methods), None
+            w = max(shared, key=lambda x: _windows_used({"windows": x}))
+            return [r["ppl_by_windows"][w] for r in found], w
 
-        base, gptq, naive, rtn, dg = ppl(FLOAT), ppl("gptq-w4a16"), ppl("naive-w4a8"), ppl("rtn-w4a8"), ppl("dpq-gar")
+        (dg, naive, rtn), order_windows = ppl(["dpq-gar", "naive-w4a8", "rtn-w4a8"])
+        (base, gptq, dg_r), ratio_windows = ppl([FLOAT, "gptq-w4a16", "dpq-gar"])
         order = None if None in (dg, naive, rtn) else dg < naive < rtn
-        ratio = None if None in (base, gptq, dg) or gptq == base else (dg - base) / (gptq - base)
+        ratio = None if None in (base, gptq, dg_r) or gptq == base else (dg_r - base) / (gptq - base)
         fl, q = _get(table, model, f, FLOAT), _get(table, model, f, "dpq-gar")
         acc = se = None
         if q and q["avg_delta_paired"] is not None:
@@ -152,8 +165,10 @@ def check(table: list[dict]) -> list[dict]:
             acc = 100 * (q["average"] - fl["average"])
         out.append({
             "model": model, "fp8_max": f,
-            "ordering": {"holds": order, "ppl": {"dpq-gar": dg, "naive-w4a8": naive, "rtn-w4a8": rtn}},
-            "ppl_ratio": {"value": ratio, "target": 1.1, "holds": None if ratio is None else ratio <= 1.1},
+            "ordering": {"holds": order, "windows": order_windows,
+                         "ppl": {"dpq-gar": dg, "naive-w4a8": naive, "rtn-w4a8": rtn}},
+            "ppl_ratio": {"value": ratio, "target": 1.1, "holds": None if ratio is None else ratio <= 1.1,
+                          "windows": ratio_windows},
             "accuracy": {"delta_points": acc, "paired_stderr_points": se,
                          "holds": None if acc is None else abs(acc) <= 1.0,
                          "limit": None if q is None else q["limit"]},
@@ -176,6 +191,11 @@ def _mmlu(r: dict) -> str:
     return _fmt(100 * r["mmlu"], 1) + ("" if lim is None else f" ({lim}/subject)")
 
 
+def _on(target: dict) -> str:
+    """The perplexity windows a target was checked on, all methods on the same ones."""
+    return "" if not target.get("windows") else f" ({target['windows']} windows)"
+
+
 def _verdict(h):
     return "not measured" if h is None else ("yes" if h else "NO")
 
@@ -194,8 +214,8 @@ def to_markdown(table: list[dict], targets: list[dict]) -> str:
               "avg acc dpq-gar - float (within 1 pt) |", "|---|---|---|---|---|"]
     for t in targets:
         lines.append(
-            f"| {t['model']} | {int(t['fp8_max'])} | {_verdict(t['ordering']['holds'])} | "
-            f"{_fmt(t['ppl_ratio']['value'], 2)}: {_verdict(t['ppl_ratio']['holds'])} | "
+            f"| {t['model']} | {int(t['fp8_max'])} | {_verdict(t['ordering']['holds'])}{_on(t['ordering'])} | "
+            f"{_fmt(t['ppl_ratio']['value'], 2)}: {_verdict(t['ppl_ratio']['holds'])}{_on(t['ppl_ratio'])} | "
             f"{_fmt(t['accuracy']['delta_points'], 2)}{_pm(t['accuracy']['paired_stderr_points'])}: "
             f"{_verdict(t['accuracy']['holds'])} |")
     return "\n".join(lines)

@@ -61,7 +61,7 @@ def test_cli_writes_json_and_markdown_and_refuses_other_files(tmp_path, capsys):
     b.write_text(json.dumps(TASKS))
     assert AT.main([str(a), str(b), "--json", str(tmp_path / "t.json"), "--markdown", str(tmp_path / "t.md")]) == 0
     md = (tmp_path / "t.md").read_text()
-    assert "| tiny | 448 | yes | 1.05: yes | -1.00 +/- 1.00: yes |" in md
+    assert "| tiny | 448 | yes (4/10 windows) | 1.05: yes (4/10 windows) | -1.00 +/- 1.00: yes |" in md
     assert json.loads((tmp_path / "t.json").read_text())["targets"][0]["accuracy"]["holds"] is True
     bad = tmp_path / "bad.json"
     bad.write_text("[]")
@@ -77,8 +77,7 @@ def test_the_float_tasks_of_another_run_are_the_baseline_and_a_task_table_is_wri
     dg = next(r for r in table if r["method"] == "dpq-gar")
     assert dg["avg_delta_paired"] == pytest.approx(-0.02)
     md = AT.task_tables([PPL, float_only, quant_only])
-    assert "### tiny" in md and "| bf16 | 20.000 | 60.0 | 60.0 |" in md
-    assert "| dpq-gar | 24.200 (+4.200) | 58.0 (-2.0) | 58.0 (-2.0) |" in md
+    assert "### tiny" in md and "| bf16 | 60.0 | 60.0 |" in md and "| dpq-gar | 58.0 (-2.0) | 58.0 (-2.0) |" in md
     assert "- dpq-gar: average -2.00 +/- 1.41 points" in md
 
 
@@ -97,8 +96,8 @@ def test_an_mmlu_only_run_adds_a_column_and_keeps_the_pairing_of_the_other_tasks
         assert dg["average"] == pytest.approx(0.59) and dg["limit"] == 100  # MMLU stays out of the average
         assert dg["avg_delta_paired"] == pytest.approx(-0.01)
         md = AT.task_tables(order)
-        assert "| method | wikitext2 ppl | piqa | mmlu | average |" in md  # the tasks in their usual order
-        assert "| bf16 | 20.000 | 60.0 | 22.5 | 60.0 |" in md
+        assert "| method | piqa | mmlu | average |" in md  # the tasks in their usual order
+        assert "| bf16 | 60.0 | 22.5 | 60.0 |" in md
         assert "- dpq-gar: average -1.00 +/- 1.00 points" in md
 
 
@@ -107,3 +106,17 @@ def test_the_perplexity_with_the_most_windows_wins():
     for order in ([PPL, full], [full, PPL]):
         dg = next(r for r in AT.rows(order) if r["method"] == "dpq-gar")
         assert dg["wikitext2_ppl"] == 23.0 and dg["windows"] == "10/10"
+
+
+def test_targets_compare_perplexities_on_the_same_windows_only():
+    full = compare({m: {**ppl_row(m, p), "windows": "10/10"} for m, p in [("bf16", 21.0), ("dpq-gar", 26.0)]})
+    (t,) = AT.check(AT.rows([PPL, full]))
+    # dpq-gar's full-test 26.0 must not be set against naive's 4-window 25.0: the ordering stays on 4/10
+    assert t["ordering"]["holds"] is True and t["ordering"]["windows"] == "4/10"
+    assert t["ppl_ratio"]["value"] == pytest.approx(4.2 / 4.0) and t["ppl_ratio"]["windows"] == "4/10"
+    gptq_full = compare({"gptq-w4a16": {**ppl_row("gptq-w4a16", 25.0), "windows": "10/10"}})
+    (t,) = AT.check(AT.rows([PPL, full, gptq_full]))
+    assert t["ppl_ratio"]["windows"] == "10/10" and t["ppl_ratio"]["value"] == pytest.approx(5.0 / 4.0)
+    assert t["ppl_ratio"]["holds"] is False
+    (t,) = AT.check(AT.rows([full]))
+    assert t["ordering"]["holds"] is None and t["ppl_ratio"]["holds"] is None
