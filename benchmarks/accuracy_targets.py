@@ -36,11 +36,10 @@ def _fp8_max(result: dict) -> float | None:
     return (result.get("quant_kwargs") or {}).get("fp8_max")
 
 
-def _windows_used(r: dict) -> int:
-    """How many perplexity windows a result used ("16/142" -> 16; a full run counts all)."""
-    w = r.get("windows")
+def _windows_used(windows) -> int:
+    """How many perplexity windows a label names ("16/142" -> 16; a full run counts all)."""
     try:
-        return int(str(w).split("/")[0])
+        return int(str(windows).split("/")[0])
     except ValueError:
         return 0
 
@@ -60,16 +59,13 @@ def merged(results: list[dict]) -> dict[tuple, dict]:
         f = _fp8_max(res)
         for method, r in res["results"].items():
             key = (res["model"], f if method in W4A8 else None, method)
-            e = out.setdefault(key, {"model": res["model"], "method": method, "wikitext2_ppl": None,
-                                     "windows": None, "tasks": {}, "settings": {}, "average": None,
-                                     "meta": {"limit": None, "mmlu_limit": None, "quantize_s": None,
+            e = out.setdefault(key, {"model": res["model"], "method": method, "ppl_by_windows": {},
+                                     "tasks": {}, "settings": {}, "meta": {"limit": None, "mmlu_limit": None, "quantize_s": None,
                                               "calibration": None, "group_size": None}})
             meta, tasks = e["meta"], r.get("tasks") or {}
             if r.get("wikitext2_ppl") is not None:
-                e.setdefault("ppl_by_windows", {}).setdefault(str(r.get("windows")), r["wikitext2_ppl"])
+                e["ppl_by_windows"].setdefault(str(r.get("windows")), r["wikitext2_ppl"])
             settings = r.get("settings") or {}
-            if r.get("wikitext2_ppl") is not None and _windows_used(r) > _windows_used(e):
-                e["wikitext2_ppl"], e["windows"] = r["wikitext2_ppl"], r.get("windows")
             for name, t in tasks.items():
                 e["tasks"].setdefault(name, t)
             if any(name != "mmlu" for name in tasks) and key not in task_settings:
@@ -87,6 +83,8 @@ def merged(results: list[dict]) -> dict[tuple, dict]:
                 e["settings"] = settings
     order = list(TASKS)
     for e in out.values():
+        most = max(e["ppl_by_windows"], key=_windows_used, default=None)  # the first on a tie
+        e["windows"], e["wikitext2_ppl"] = most, e["ppl_by_windows"].get(most)
         e["tasks"] = dict(sorted(e["tasks"].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
         e["average"] = task_average(e["tasks"])
     return out
@@ -121,7 +119,7 @@ def rows(results: list[dict]) -> list[dict]:
         out.append({
             "model": model, "fp8_max": f, "method": method,
             "wikitext2_ppl": e["wikitext2_ppl"], "windows": e["windows"],
-            "ppl_by_windows": e.get("ppl_by_windows", {}),
+            "ppl_by_windows": e["ppl_by_windows"],
             "average": e["average"], "mmlu": (e["tasks"].get("mmlu") or {}).get("acc"),
             "avg_delta_paired": None if paired is None else paired["delta"],
             "avg_delta_stderr": None if paired is None else paired["stderr"],
@@ -150,7 +148,7 @@ def check(table: list[dict]) -> list[dict]:
             shared = set.intersection(*(set(r["ppl_by_windows"]) for r in found))
             if not shared:
                 return [None] * len(methods), None
-            w = max(shared, key=lambda x: _windows_used({"windows": x}))
+            w = max(shared, key=_windows_used)
             return [r["ppl_by_windows"][w] for r in found], w
 
         (dg, naive, rtn), order_windows = ppl(["dpq-gar", "naive-w4a8", "rtn-w4a8"])
