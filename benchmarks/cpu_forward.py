@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import statistics
 import time
 from pathlib import Path
@@ -77,12 +78,13 @@ def run(checkpoint: str, shapes: list[tuple[int, int]], repeats: int) -> dict:
                          "identical": bool(torch.equal(off_logits, on_logits))})
     finally:
         ops.set_float_cache(None)
-    return {"model": name, "threads": torch.get_num_threads(), "repeats": repeats,
+    return {"model": name, "device": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(), "repeats": repeats,
             "cache_bytes": cache_bytes(model), "rows": rows}
 
 
 def markdown(result: dict) -> str:
-    lines = [f"Forward of `{result['model']}` on the CPU, {result['threads']} threads, median of "
+    lines = [f"Forward of `{result['model']}` on the CPU ({result['device']}), {result['threads']} threads, median of "
              f"{result['repeats']}; float32 cache {result['cache_bytes'] / 2**20:.0f} MiB",
              "", "| batch x tokens | cache off ms | cache on ms | speed-up | logits identical |",
              "|---|---|---|---|---|"]

@@ -30,7 +30,7 @@ def test_runs_on_a_checkpoint_and_the_logits_are_identical(tiny_ckpt, tmp_path):
     result = json.loads(js.read_text())
     assert [(r["batch"], r["tokens"]) for r in result["rows"]] == [(1, 8), (2, 16)]
     assert all(r["identical"] and r["off_ms"] > 0 and r["on_ms"] > 0 for r in result["rows"])
-    assert result["cache_bytes"] > 0
+    assert result["cache_bytes"] > 0 and result["device"]
     assert "| 2 x 16 |" in md.read_text() and "| yes |" in md.read_text()
     assert ops._float_cache is None  # the setting is restored
 
