@@ -16,8 +16,15 @@ against the float model it was quantized from:
                  (K = qkv, o, gate_up, down), i.e. what FP8 activations cost at K
   float:A+B      the checkpoint with the Linears named A, B (full names, e.g.
                  model.layers.11.mlp.down_proj) put back to the float model's: what they cost
+  float-layers:N the checkpoint with every Linear of decoder layer N (or layers N-M) put back
+                 to the float model's: what quantizing that layer costs
+  float-kind:K   the checkpoint with the Linears of kind K put back to float in every layer
+  each-layer     shorthand for float-layers:0, float-layers:1, ... (one per decoder layer)
+  each-kind      shorthand for float-kind:qkv, float-kind:o, float-kind:gate_up, float-kind:down
 
-Writes JSON and a markdown table; every row says which windows it used.
+LAMBADA's perplexity of the target word is shown beside its accuracy: it moves smoothly where
+200 examples' accuracy cannot resolve a one-layer change. Writes JSON and a markdown table;
+every row says which windows it used.
 """
 
 from __future__ import annotations
@@ -42,6 +49,48 @@ from dpq.numerics.fp8 import quantize_activation
 KINDS = {"qkv": ("q_proj", "k_proj", "v_proj"), "o": ("o_proj",), "gate_up": ("gate_proj", "up_proj"),
          "down": ("down_proj",)}
 VARIANTS = ("float", "w4a8", "weights-only", "acts-only") + tuple(f"float-acts:{k}" for k in KINDS)
+SHORTHANDS = ("each-layer", "each-kind")
+
+
+def _layer_range(text: str) -> tuple[int, int]:
+    """'5' -> (5, 5), '0-5' -> (0, 5); ValueError naming the problem otherwise."""
+    lo, sep, hi = text.partition("-")
+    if not lo.isdigit() or (sep and not hi.isdigit()):
+        raise ValueError(f"float-layers:{text}: give a layer index N or a range N-M, e.g. float-layers:0-5")
+    lo_i, hi_i = int(lo), int(hi) if sep else int(lo)
+    if hi_i < lo_i:
+        raise ValueError(f"float-layers:{text}: the range is empty (write the lower index first)")
+    return lo_i, hi_i
+
+
+def check_variant(v: str) -> None:
+    """Raise ValueError, with the fix, for a variant name this script does not know."""
+    if v in VARIANTS or v in SHORTHANDS or v.startswith("float:"):
+        return
+    if v.startswith("float-layers:"):
+        _layer_range(v.split(":", 1)[1])
+        return
+    if v.startswith("float-kind:"):
+        if v.split(":", 1)[1] not in KINDS:
+            raise ValueError(f"{v}: unknown kind, use one of {', '.join(KINDS)}")
+        return
+    raise ValueError(f"unknown variant(s) {v}: use {', '.join(VARIANTS + SHORTHANDS)}, "
+                     "float-layers:N[-M], float-kind:K or float:NAME+NAME")
+
+
+def expand(variants, n_layers: int) -> list[str]:
+    """The variant list with each-layer / each-kind spelled out; layer indices checked against n_layers."""
+    out = []
+    for v in variants:
+        if v == "each-layer":
+            out += [f"float-layers:{i}" for i in range(n_layers)]
+        elif v == "each-kind":
+            out += [f"float-kind:{k}" for k in KINDS]
+        else:
+            if v.startswith("float-layers:") and _layer_range(v.split(":", 1)[1])[1] >= n_layers:
+                raise ValueError(f"{v}: the model has {n_layers} decoder layers (0 to {n_layers - 1})")
+            out.append(v)
+    return out
 
 
 class _FloatActs(nn.Module):
@@ -101,6 +150,18 @@ def build(variant: str, quantized, float_model):
             parent, _, leaf = full.rpartition(".")
             setattr(get_submodule(m, parent), leaf, copy.deepcopy(get_submodule(float_model, full)))
         return m
+    if variant.startswith(("float-layers:", "float-kind:")):
+        body = variant.split(":", 1)[1]
+        if variant.startswith("float-layers:"):
+            lo, hi = _layer_range(body)
+            keep = lambda i, leaf: lo <= i <= hi  # noqa: E731
+        else:
+            keep = lambda i, leaf: leaf in KINDS[body]  # noqa: E731
+        m = copy.deepcopy(quantized)
+        for (i, layer, name), (_, flayer, _) in zip(_linears(m), _linears(float_model)):
+            if keep(i, name.rpartition(".")[2]):
+                _swap(layer, name, copy.deepcopy(get_submodule(flayer, name)))
+        return m
     kinds = tuple(KINDS) if variant == "weights-only" else (variant.split(":", 1)[1],)
     leaves = {leaf for k in kinds for leaf in KINDS[k]}
     m = copy.deepcopy(quantized)
@@ -115,7 +176,9 @@ def _table(rows: list[dict], tasks: list[str]) -> list[str]:
     """Markdown lines: perplexity and each task's acc (%) per variant, with the change against float."""
     base = next((r for r in rows if r["variant"] == "float"), None)
     has_ppl = any(r["wikitext2_ppl"] is not None for r in rows)
-    head = ["variant"] + (["wikitext2 ppl", "change vs float"] if has_ppl else []) + [f"{t} acc %" for t in tasks]
+    with_ppl = [t for t in tasks if any(r["tasks"][t].get("perplexity") is not None for r in rows)]
+    head = (["variant"] + (["wikitext2 ppl", "change vs float"] if has_ppl else []) + [f"{t} acc %" for t in tasks]
+            + [f"{t} ppl" for t in with_ppl])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["variant"]]
@@ -126,6 +189,10 @@ def _table(rows: list[dict], tasks: list[str]) -> list[str]:
             acc = r["tasks"][t]["acc"]
             d = "" if base is None or r is base else f" ({100 * (acc - base['tasks'][t]['acc']):+.1f})"
             cells.append(f"{100 * acc:.1f}{d}")
+        for t in with_ppl:
+            x = r["tasks"][t].get("perplexity")
+            b = None if base is None or r is base else base["tasks"][t].get("perplexity")
+            cells.append("-" if x is None else f"{x:.3f}" + ("" if b is None else f" ({x - b:+.3f})"))
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -135,7 +202,7 @@ def main(argv=None) -> int:
     p.add_argument("checkpoint")
     p.add_argument("--max-windows", type=int, default=16)
     p.add_argument("--seq-len", type=int, default=2048)
-    p.add_argument("--variants", default="all", help=f"comma-separated from {', '.join(VARIANTS)}")
+    p.add_argument("--variants", default="all", help=f"comma-separated from {', '.join(VARIANTS + SHORTHANDS)}, float-layers:N[-M], float-kind:K, float:NAME+NAME")
     p.add_argument("--source", default=None, help="the float model, if the checkpoint does not record it")
     p.add_argument("--ppl", choices=("wikitext2", "none"), default="wikitext2")
     p.add_argument("--tasks", default="", help="comma-separated lm-eval tasks (see dpq eval --help)")
@@ -147,15 +214,21 @@ def main(argv=None) -> int:
     if a.ppl == "none" and not tasks:
         p.error("nothing to evaluate: --ppl none needs --tasks")
     variants = VARIANTS if a.variants == "all" else tuple(v.strip() for v in a.variants.split(","))
-    bad = [v for v in variants if v not in VARIANTS and not v.startswith("float:")]
-    if bad:
-        p.error(f"unknown variant(s) {', '.join(bad)}: use {', '.join(VARIANTS)} or float:NAME+NAME")
+    try:
+        for v in variants:
+            check_variant(v)
+    except ValueError as e:
+        p.error(str(e))
     block = read_quant_block(a.checkpoint)
     source = a.source or block.get("source_model")
     if not source:
         p.error(f"{a.checkpoint} records no source model: name the float model with --source")
     quantized, tok = dpq.load(a.checkpoint, dtype=torch.float32)
     float_model, _, _ = load_float_model(source)
+    try:
+        variants = expand(variants, len(get_submodule(quantized, spec_for(quantized.config).layers)))
+    except ValueError as e:
+        p.error(str(e))
     rows = []
     for v in variants:
         model = build(v, quantized, float_model)
@@ -164,7 +237,8 @@ def main(argv=None) -> int:
             r = wikitext2_perplexity(model, tok, seq_len=a.seq_len, max_windows=a.max_windows)
             row.update(wikitext2_ppl=r.ppl, windows=f"{r.windows_used}/{r.windows_total}")
         if tasks:
-            row["tasks"] = {t: {"acc": x["acc"], "n": x["n"]} for t, x in run_tasks(model, tok, tasks, limit=a.limit).items()}
+            row["tasks"] = {t: {k: x[k] for k in ("acc", "perplexity", "n") if k in x}
+                            for t, x in run_tasks(model, tok, tasks, limit=a.limit).items()}
         rows.append(row)
         print(f"{v:>18}: ppl {row['wikitext2_ppl']} ({row['windows']} windows) "
               + " ".join(f"{t} {x['acc']:.3f}" for t, x in row.get("tasks", {}).items()), flush=True)

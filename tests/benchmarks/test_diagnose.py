@@ -4,6 +4,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+import torch
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "diagnose.py"
 spec = importlib.util.spec_from_file_location("diagnose", SCRIPT)
@@ -34,3 +35,65 @@ def test_nothing_to_evaluate_and_unknown_variants_are_refused(capsys):
     with pytest.raises(SystemExit):
         D.main(["ckpt", "--variants", "nope"])
     assert "unknown variant(s) nope" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("variant, message", [
+    ("float-layers:x", "give a layer index N or a range N-M"),
+    ("float-layers:5-2", "the range is empty"),
+    ("float-kind:mlp", "unknown kind, use one of qkv, o, gate_up, down"),
+    ("floaty", "unknown variant(s) floaty"),
+])
+def test_bad_variant_names_are_refused_with_the_fix(variant, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        D.check_variant(variant)
+
+
+def test_shorthands_expand_and_layer_indices_are_checked_against_the_model():
+    assert D.expand(["float", "each-layer", "each-kind"], 2) == [
+        "float", "float-layers:0", "float-layers:1",
+        "float-kind:qkv", "float-kind:o", "float-kind:gate_up", "float-kind:down"]
+    with pytest.raises(ValueError, match="the model has 2 decoder layers"):
+        D.expand(["float-layers:1-2"], 2)
+
+
+def test_float_layers_and_float_kind_put_back_exactly_the_named_linears(tiny_llama_dir, smollm2_tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    import dpq
+    from dpq.nn.linear import W4A8Linear
+
+    float_model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    quantized = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    calib = torch.randint(0, 1000, (2, 32), generator=torch.Generator().manual_seed(0))
+    dpq.quantize(quantized, smollm2_tokenizer, dpq.QuantConfig.for_method("rtn-w4a8", group_size=32),
+                 calib=calib, progress=False)
+
+    def is_float(model, name):
+        mod = model.get_submodule(name)
+        return not isinstance(mod, W4A8Linear) and torch.equal(mod.weight, float_model.get_submodule(name).weight)
+
+    names = [f"model.layers.{i}.{n}" for i in range(2) for n in
+             ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+              "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")]
+    m = D.build("float-layers:1", quantized, float_model)
+    assert [is_float(m, n) for n in names] == [False] * 7 + [True] * 7
+    m = D.build("float-kind:down", quantized, float_model)
+    assert [is_float(m, n) for n in names] == [n.endswith("down_proj") for n in names]
+    # the inputs are left untouched, and a restored model runs
+    assert all(isinstance(quantized.get_submodule(n), W4A8Linear) for n in names)
+    x = torch.randint(0, 1000, (1, 8))
+    with torch.no_grad():
+        full = D.build("float-layers:0-1", quantized, float_model)(x).logits
+        assert torch.allclose(full, float_model(x).logits, atol=1e-5)
+
+
+def test_task_perplexity_gets_its_own_column_with_the_change():
+    rows = [
+        {"variant": "float", "wikitext2_ppl": None, "windows": None,
+         "tasks": {"lambada": {"acc": 0.44, "perplexity": 20.0, "n": 200}}},
+        {"variant": "float-layers:3", "wikitext2_ppl": None, "windows": None,
+         "tasks": {"lambada": {"acc": 0.30, "perplexity": 35.5, "n": 200}}},
+    ]
+    lines = D._table(rows, ["lambada"])
+    assert lines[0] == "| variant | lambada acc % | lambada ppl |"
+    assert lines[3] == "| float-layers:3 | 30.0 (-14.0) | 35.500 (+15.500) |"
