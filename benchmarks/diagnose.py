@@ -131,6 +131,15 @@ def _swap(layer, name, module):
     setattr(get_submodule(layer, parent) if parent else layer, leaf, module)
 
 
+def _with_float(quantized, float_model, names):
+    """A copy of `quantized` whose modules of these full names are copies of float_model's."""
+    m = copy.deepcopy(quantized)
+    for full in names:
+        parent, _, leaf = full.rpartition(".")
+        setattr(get_submodule(m, parent), leaf, copy.deepcopy(get_submodule(float_model, full)))
+    return m
+
+
 def build(variant: str, quantized, float_model):
     """The model of one variant (a modified copy; the inputs are left untouched)."""
     if variant == "float":
@@ -145,11 +154,7 @@ def build(variant: str, quantized, float_model):
                 _swap(layer, name, _FP8Acts(get_submodule(layer, name), float(q.input_scale), q.fp8_max))
         return m
     if variant.startswith("float:"):
-        m = copy.deepcopy(quantized)
-        for full in variant.split(":", 1)[1].split("+"):
-            parent, _, leaf = full.rpartition(".")
-            setattr(get_submodule(m, parent), leaf, copy.deepcopy(get_submodule(float_model, full)))
-        return m
+        return _with_float(quantized, float_model, variant.split(":", 1)[1].split("+"))
     if variant.startswith(("float-layers:", "float-kind:")):
         body = variant.split(":", 1)[1]
         if variant.startswith("float-layers:"):
@@ -157,11 +162,9 @@ def build(variant: str, quantized, float_model):
             keep = lambda i, leaf: lo <= i <= hi  # noqa: E731
         else:
             keep = lambda i, leaf: leaf in KINDS[body]  # noqa: E731
-        m = copy.deepcopy(quantized)
-        for (i, layer, name), (_, flayer, _) in zip(_linears(m), _linears(float_model)):
-            if keep(i, name.rpartition(".")[2]):
-                _swap(layer, name, copy.deepcopy(get_submodule(flayer, name)))
-        return m
+        layers = spec_for(quantized.config).layers
+        names = [f"{layers}.{i}.{name}" for i, _, name in _linears(quantized) if keep(i, name.rpartition(".")[2])]
+        return _with_float(quantized, float_model, names)
     kinds = tuple(KINDS) if variant == "weights-only" else (variant.split(":", 1)[1],)
     leaves = {leaf for k in kinds for leaf in KINDS[k]}
     m = copy.deepcopy(quantized)

@@ -79,6 +79,8 @@ def test_float_layers_and_float_kind_put_back_exactly_the_named_linears(tiny_lla
     assert [is_float(m, n) for n in names] == [False] * 7 + [True] * 7
     m = D.build("float-kind:down", quantized, float_model)
     assert [is_float(m, n) for n in names] == [n.endswith("down_proj") for n in names]
+    m = D.build(f"float:{names[0]}+{names[13]}", quantized, float_model)
+    assert [is_float(m, n) for n in names] == [i in (0, 13) for i in range(14)]
     # the inputs are left untouched, and a restored model runs
     assert all(isinstance(quantized.get_submodule(n), W4A8Linear) for n in names)
     x = torch.randint(0, 1000, (1, 8))
