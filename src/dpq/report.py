@@ -28,28 +28,23 @@ def print_summary(summary, model_name: str = "", console: Console | None = None)
         f"peak RSS {summary.peak_rss_mb:.0f} MiB"
         + (f", peak GPU {summary.peak_device_mb:.0f} MiB" if summary.peak_device_mb is not None else "")
     )
+    flagged = summary.concentrated()
+    if flagged:
+        console.print("[yellow]note:[/] " + concentration_note(summary.method, flagged), soft_wrap=True)
 
 
-def print_info(info: dict, console: Console | None = None) -> None:
-    console = console or Console()
-    s = info["settings"]
-    t = Table(title=f"dpq checkpoint {info['path']}", show_header=False)
-    t.add_column("field")
-    t.add_column("value")
-    fp8 = s["fp8"]["fp8_max"]
-    rows = [
-        ("method", info["method"]),
-        ("model type", str(info["model_type"])),
-        ("format version", str(info["format_version"])),
-        ("weights", f"INT4 {'symmetric' if s['weight']['symmetric'] else 'asymmetric'}, group size {s['weight']['group_size']}, scales {s['weight']['scale_dtype']}"),
-        ("activations", f"FP8 E4M3 static per-tensor ({s['act']['method']}), F = {fp8:g}" if fp8 else "BF16 (W4A16)"),
-        ("solver", f"{s['solver']['algorithm']}, fp8_aware={s['solver']['fp8_aware']}, gar={s['solver']['gar']}, group params {s['solver']['group_params']}"),
-        ("calibration", ", ".join(f"{k}={v}" for k, v in info["calibration"].items())),
-        ("quantized Linears", str(info["quantized_linears"])),
-        ("their weight bytes", f"{info['quantized_weight_bytes'] / 2**20:.2f} MiB (BF16: {info['bf16_weight_bytes'] / 2**20:.2f} MiB)"),
-        ("ratio to BF16", f"{info['ratio_to_bf16']:.3f}"),
-        ("other tensors", f"{info['other_tensor_bytes'] / 2**20:.2f} MiB (embeddings, norms, lm_head: kept in high precision)"),
-    ]
-    for r in rows:
-        t.add_row(*r)
-    console.print(t)
+def concentration_note(method: str, flagged) -> str:
+    """Advice for Linears whose calibration inputs a few tokens dominate (`QuantSummary.concentrated`)."""
+    names = ", ".join(f"{r.name} ({100 * r.top_token_share:.0f}%)" for r in flagged)
+    fp8 = any(r.input_scale is not None for r in flagged)
+    text = f"0.1% of the calibration tokens carry most of the input energy of {names}: massive activations"
+    if method.startswith("rtn"):
+        text += ", which set the FP8 input scale" if fp8 else ""
+    else:
+        rtn = "rtn-w4a16" if method.endswith("w4a16") else "rtn-w4a8"
+        text += (
+            ", which the solver fits instead of the typical tokens"
+            + (" and which set the FP8 input scale" if fp8 else "")
+            + f". Compare this model with --method {rtn}; if calibration loses"
+        )
+    return text + ", keep these Linears in float with --ignore " + " ".join(r.name for r in flagged)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from dpq.algorithms.hessian import (
+    TOP_TOKEN_FRACTION,
     HessianAccumulator,
     HessianError,
     hessian_from_inputs,
@@ -72,3 +73,33 @@ def test_cholesky_failure_names_layer_and_fix():
     h = -torch.eye(8)  # negative definite: no damping helps
     with pytest.raises(HessianError, match=r"layers\.3\.mlp\.down_proj.*raise damping or add calibration samples"):
         inverse_cholesky(h, "layers.3.mlp.down_proj")
+
+
+def test_top_token_share_flags_a_few_dominant_tokens():
+    torch.manual_seed(0)
+    x = torch.randn(4, 1000, 16)  # 4000 tokens: the top 0.1% is 4 of them
+    plain = HessianAccumulator(16)
+    plain.add(x)
+    energy = (x.reshape(-1, 16) ** 2).sum(1)
+    expect = float(energy.topk(4).values.sum() / energy.sum())
+    assert plain.top_token_share() == pytest.approx(expect, rel=1e-5)
+    assert TOP_TOKEN_FRACTION < plain.top_token_share() < 0.01  # no token stands out
+    x[:, 0] *= 100  # a massive activation at position 0 of every sequence
+    massive = HessianAccumulator(16)
+    for chunk in x:  # streamed batches give the same share as one batch
+        massive.add(chunk)
+    assert massive.top_token_share() > 0.9
+    assert massive.top_token_share(1.0) == pytest.approx(1.0)
+
+
+def test_top_token_share_bad_inputs():
+    acc = HessianAccumulator(8, "layers.3.mlp.down_proj")
+    with pytest.raises(HessianError, match="down_proj: no calibration tokens"):
+        acc.top_token_share()
+    acc.add(torch.randn(10, 8))
+    for bad in (0.0, -0.1, 1.5):
+        with pytest.raises(HessianError, match=r"must be in \(0, 1\]"):
+            acc.top_token_share(bad)
+    zeros = HessianAccumulator(8)
+    zeros.add(torch.zeros(5, 8))
+    assert zeros.top_token_share() == 0.0

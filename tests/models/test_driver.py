@@ -32,6 +32,9 @@ def test_every_decoder_linear_is_quantized(tiny_llama_dir, method):
     for r in summary.linears:
         assert 0 <= r.rel_error < 0.5, r
         assert (r.input_scale is not None) == cfg.activations_fp8
+        # 4 x 64 tokens: the top 0.1% is one token, whose share of tr(H) is in [1/256, 1].
+        assert (r.top_token_share is None) == summary.data_free
+        assert summary.data_free or 1 / 256 <= r.top_token_share <= 1, r
     ids = tok("Hello world, this is a test", return_tensors="pt").input_ids
     with torch.no_grad():
         assert torch.isfinite(model(ids).logits).all()

@@ -14,6 +14,9 @@ import torch
 SOLVER_DTYPE = torch.float32
 """Precision of every Hessian and solver computation."""
 
+TOP_TOKEN_FRACTION = 0.001
+"""Fraction of tokens whose share of tr(H) `HessianAccumulator.top_token_share` reports."""
+
 CHOLESKY_RETRIES = 3
 """Extra attempts of the Cholesky, each with ten times more damping."""
 
@@ -36,6 +39,7 @@ class HessianAccumulator:
         self.name = name
         self.n = 0
         self.h = torch.zeros(k, k, dtype=SOLVER_DTYPE, device=device)
+        self._energy: list[torch.Tensor] = []  # ||x||^2 of every token, for top_token_share
 
     def add(self, x: torch.Tensor) -> None:
         """Fold a batch of inputs x [..., K] into the running mean."""
@@ -53,6 +57,7 @@ class HessianAccumulator:
                 f"{self.name or 'layer'}: calibration inputs hold NaN or Inf: check the float model "
                 "and the calibration data (run the model in float32)"
             )
+        self._energy.append((x * x).sum(1).cpu())
         total = self.n + m
         self.h.mul_(self.n / total)
         x = x * (2.0 / total) ** 0.5
@@ -67,6 +72,23 @@ class HessianAccumulator:
                 "add calibration samples (or check that the layer is on the forward path)"
             )
         return self.h.clone()
+
+    def top_token_share(self, fraction: float = TOP_TOKEN_FRACTION) -> float:
+        """Share of tr(H) carried by the top `fraction` of tokens (at least one) by ||x||^2.
+
+        About `fraction` when no token stands out; near 1 when a few tokens (massive
+        activations) dominate H, so that a GPTQ-style solver fits them rather than the rest.
+        """
+        if self.n == 0:
+            raise HessianError(f"{self.name or 'layer'}: no calibration tokens were added")
+        if not 0 < fraction <= 1:
+            raise HessianError(f"fraction={fraction} must be in (0, 1]")
+        energy = torch.cat(self._energy)  # (n,)
+        total = float(energy.sum())
+        if total == 0:
+            return 0.0
+        k = max(1, int(energy.numel() * fraction))
+        return float(energy.topk(k).values.sum()) / total
 
 
 def hessian_from_inputs(x: torch.Tensor, name: str = "") -> torch.Tensor:
