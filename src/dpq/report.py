@@ -48,3 +48,28 @@ def concentration_note(method: str, flagged) -> str:
             + f". Compare this model with --method {rtn}; if calibration loses"
         )
     return text + ", keep these Linears in float with --ignore " + " ".join(r.name for r in flagged)
+
+
+def print_info(info: dict, console: Console | None = None) -> None:
+    console = console or Console()
+    s = info["settings"]
+    t = Table(title=f"dpq checkpoint {info['path']}", show_header=False)
+    t.add_column("field")
+    t.add_column("value")
+    fp8 = s["fp8"]["fp8_max"]
+    rows = [
+        ("method", info["method"]),
+        ("model type", str(info["model_type"])),
+        ("format version", str(info["format_version"])),
+        ("weights", f"INT4 {'symmetric' if s['weight']['symmetric'] else 'asymmetric'}, group size {s['weight']['group_size']}, scales {s['weight']['scale_dtype']}"),
+        ("activations", f"FP8 E4M3 static per-tensor ({s['act']['method']}), F = {fp8:g}" if fp8 else "BF16 (W4A16)"),
+        ("solver", f"{s['solver']['algorithm']}, fp8_aware={s['solver']['fp8_aware']}, gar={s['solver']['gar']}, group params {s['solver']['group_params']}"),
+        ("calibration", ", ".join(f"{k}={v}" for k, v in info["calibration"].items())),
+        ("quantized Linears", str(info["quantized_linears"])),
+        ("their weight bytes", f"{info['quantized_weight_bytes'] / 2**20:.2f} MiB (BF16: {info['bf16_weight_bytes'] / 2**20:.2f} MiB)"),
+        ("ratio to BF16", f"{info['ratio_to_bf16']:.3f}"),
+        ("other tensors", f"{info['other_tensor_bytes'] / 2**20:.2f} MiB (embeddings, norms, lm_head: kept in high precision)"),
+    ]
+    for r in rows:
+        t.add_row(*r)
+    console.print(t)
