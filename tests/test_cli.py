@@ -51,6 +51,7 @@ def test_existing_out_is_refused(cli_ckpt, tiny_llama_dir, capsys):
         (["--group-size", "0"], "group_size=0"),
         (["--calib-samples", "0"], "at least one sample"),
         (["--calib", "/does/not/exist.txt"], "calibration source"),
+        (["--seq-len", "64", "--calib-skip-first", "64"], "skip_first=64"),
     ],
 )
 def test_bad_settings(tiny_llama_dir, tmp_path, capsys, args, message):
@@ -126,3 +127,14 @@ def test_quantize_in_bfloat16_keeps_unquantized_tensors_in_bfloat16(tiny_llama_d
     with torch.no_grad():
         logits = model(tok("Hello world", return_tensors="pt").input_ids).logits
     assert torch.isfinite(logits).all()
+
+
+def test_quantize_skip_first_is_stored_and_shown(tiny_llama_dir, tmp_path, capsys):
+    out = tmp_path / "q"
+    assert main(["quantize", str(tiny_llama_dir), "--out", str(out), "--calib-samples", "2", "--seq-len", "32",
+                 "--group-size", "64", "--method", "naive-w4a8", "--calib-skip-first", "1"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["settings"]["calib"]["skip_first"] == 1
+    assert main(["info", str(out)]) == 0
+    assert "Hessians skip the first 1 tokens" in capsys.readouterr().out

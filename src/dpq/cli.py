@@ -21,6 +21,9 @@ def _add_quantize(sub) -> None:
     p.add_argument("--calib", default="wikitext2", help="wikitext2, a .txt file or a .jsonl file of {\"text\": ...}")
     p.add_argument("--calib-samples", type=int, default=128)
     p.add_argument("--seq-len", type=int, default=2048)
+    p.add_argument("--calib-skip-first", type=int, default=0, metavar="N",
+                   help="leave the first N tokens of every calibration sequence out of the Hessians "
+                        "(1 drops position 0, where attention sinks put massive activations)")
     p.add_argument("--group-size", type=int, default=128, help="input channels per group; -1 = per-channel")
     p.add_argument("--sym", action="store_true", help="symmetric INT4 (zero point 8)")
     p.add_argument("--fp8-max", type=float, default=448.0, help="FP8 range F: 448 (E4M3FN) or 240 (Gaudi 2)")
@@ -67,7 +70,7 @@ def cmd_quantize(a) -> int:
         raise ConfigError("--target vllm-w4afp8 runs vLLM's W4A8 kernel: it needs --group-size 128 and --fp8-max 448")
     config = QuantConfig.for_method(
         a.method, group_size=a.group_size, symmetric=a.sym or a.target == "vllm-w4afp8", fp8_max=a.fp8_max,
-        act=ActSpec(method=a.act_scale), calib=CalibSpec(a.calib, a.calib_samples, a.seq_len, a.seed),
+        act=ActSpec(method=a.act_scale), calib=CalibSpec(a.calib, a.calib_samples, a.seq_len, a.seed, a.calib_skip_first),
         ignore=tuple(a.ignore), group_params=a.group_params, target=a.target,
     )
     model, tok, src = load_float_model(a.model, dtype=_torch_dtype(a.dtype))
@@ -207,6 +210,8 @@ def _add_compare(sub) -> None:
     p.add_argument("--calib", default="wikitext2")
     p.add_argument("--calib-samples", type=int, default=128)
     p.add_argument("--calib-seq-len", type=int, default=2048)
+    p.add_argument("--calib-skip-first", type=int, default=0, metavar="N",
+                   help="leave the first N tokens of every calibration sequence out of the Hessians")
     p.add_argument("--group-size", type=int, default=128)
     p.add_argument("--sym", action="store_true")
     p.add_argument("--fp8-max", type=float, default=448.0)
@@ -230,7 +235,7 @@ def cmd_compare(a) -> int:
 
     quant_kwargs = dict(
         group_size=a.group_size, symmetric=a.sym, fp8_max=a.fp8_max, act=ActSpec(method=a.act_scale),
-        calib=CalibSpec(a.calib, a.calib_samples, a.calib_seq_len, a.seed), group_params=a.group_params,
+        calib=CalibSpec(a.calib, a.calib_samples, a.calib_seq_len, a.seed, a.calib_skip_first), group_params=a.group_params,
     )
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     def partial(so_far: dict) -> None:  # keep every finished method on disk while the rest run

@@ -164,16 +164,28 @@ class SolverSpec:
 
 @dataclass(frozen=True)
 class CalibSpec:
-    """Calibration data: a source name or file, number of samples, tokens per sample."""
+    """Calibration data: a source name or file, number of samples, tokens per sample.
+
+    skip_first: leading positions of every calibration sequence left out of the layer
+        Hessians (still run through the model and still seen by the activation-scale
+        observers). Position 0 is where attention-sink models put massive activations
+        that can carry most of tr(H) for a few Linears; 0 (default) keeps every token.
+    """
 
     source: str = "wikitext2"
     samples: int = 128
     seq_len: int = 2048
     seed: int = 0
+    skip_first: int = 0
 
     def __post_init__(self) -> None:
         _check(self.samples > 0, f"calib samples={self.samples}: need at least one sample")
         _check(self.seq_len > 0, f"seq_len={self.seq_len}: must be positive")
+        _check(
+            0 <= self.skip_first < self.seq_len,
+            f"skip_first={self.skip_first}: must be at least 0 and below seq_len={self.seq_len} "
+            "(1 leaves out position 0)",
+        )
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,8 @@ def print_info(info: dict, console: Console | None = None) -> None:
         ("format version", str(info["format_version"])),
         ("weights", f"INT4 {'symmetric' if s['weight']['symmetric'] else 'asymmetric'}, group size {s['weight']['group_size']}, scales {s['weight']['scale_dtype']}"),
         ("activations", f"FP8 E4M3 static per-tensor ({s['act']['method']}), F = {fp8:g}" if fp8 else "BF16 (W4A16)"),
-        ("solver", f"{s['solver']['algorithm']}, fp8_aware={s['solver']['fp8_aware']}, gar={s['solver']['gar']}, group params {s['solver']['group_params']}"),
+        ("solver", f"{s['solver']['algorithm']}, fp8_aware={s['solver']['fp8_aware']}, gar={s['solver']['gar']}, group params {s['solver']['group_params']}"
+         + (f", Hessians skip the first {skip} tokens" if (skip := s["calib"].get("skip_first", 0)) else "")),
         ("calibration", ", ".join(f"{k}={v}" for k, v in info["calibration"].items())),
         ("quantized Linears", str(info["quantized_linears"])),
         ("their weight bytes", f"{info['quantized_weight_bytes'] / 2**20:.2f} MiB (BF16: {info['bf16_weight_bytes'] / 2**20:.2f} MiB)"),

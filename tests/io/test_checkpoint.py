@@ -168,3 +168,13 @@ def test_not_a_checkpoint(tiny_llama_dir, tmp_path):
         dpq.load(tiny_llama_dir)
     with pytest.raises(CheckpointError, match="not a directory"):
         dpq.load(tmp_path / "nope")
+
+
+def test_settings_written_before_skip_first_still_load(saved):
+    """A checkpoint whose calib settings predate `skip_first` reads as skip_first=0."""
+    block = json.loads((saved / "config.json").read_text())["quantization_config"]
+    settings = json.loads(json.dumps(block["settings"]))
+    del settings["calib"]["skip_first"]
+    cfg = QuantConfig.from_dict(settings)
+    assert cfg.calib.skip_first == 0
+    assert cfg == QuantConfig.from_dict(block["settings"])  # what `dpq compare --save-dir` compares

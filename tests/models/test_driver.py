@@ -18,7 +18,8 @@ CALIB = CalibSpec(samples=4, seq_len=64)
 
 def _quantize(path, method="dpq-gar", **kw):
     model, tok, _ = load_float_model(str(path))
-    cfg = QuantConfig.for_method(method, group_size=64, calib=CALIB, **kw)
+    kw.setdefault("calib", CALIB)
+    cfg = QuantConfig.for_method(method, group_size=64, **kw)
     summary = dpq.quantize(model, tok, cfg, progress=False)
     return model, tok, cfg, summary
 
@@ -125,3 +126,42 @@ def test_rtn_w4a16_needs_no_calibration_pass(tiny_llama_dir):
     assert torch.linalg.norm(y - ref) / torch.linalg.norm(ref) < 1e-2  # the module stores BF16 group scales
     err = sa.linears[-1].rel_error
     assert 0 < err < 0.2  # ||W - W_q|| / ||W|| of a 4-bit RTN weight
+
+
+def test_skip_first_leaves_leading_tokens_out_of_the_hessians(tiny_llama_dir, monkeypatch):
+    from dpq.algorithms.hessian import HessianAccumulator
+
+    seen: list[tuple[int, ...]] = []
+    real_add = HessianAccumulator.add
+
+    def add(self, x):
+        seen.append(tuple(x.shape))
+        real_add(self, x)
+
+    monkeypatch.setattr(HessianAccumulator, "add", add)
+    skipped = CalibSpec(samples=4, seq_len=64, skip_first=3)
+    m_skip, _, _, s_skip = _quantize(tiny_llama_dir, "dpq-gar", calib=skipped)
+    assert seen and all(shape[1] == 64 - 3 for shape in seen), seen  # [batch, tokens, K]
+    seen.clear()
+    m_all, _, _, s_all = _quantize(tiny_llama_dir, "dpq-gar")
+    assert seen and all(shape[1] == 64 for shape in seen)
+    # Layer 0's q/k/v see the float inputs in both runs: the observers see every token, so the
+    # same activation scale; the Hessians do not, so other weights.
+    assert s_skip.linears[0].input_scale == s_all.linears[0].input_scale
+    a = m_skip.model.layers[0].mlp.down_proj.qweight
+    b = m_all.model.layers[0].mlp.down_proj.qweight
+    assert not torch.equal(a, b)
+
+
+def test_skip_first_must_leave_tokens(tiny_llama_dir):
+    from dpq.config import ConfigError
+    from dpq.models.driver import quantize_model
+
+    with pytest.raises(ConfigError, match="skip_first=64.*below seq_len=64"):
+        CalibSpec(samples=4, seq_len=64, skip_first=64)
+    with pytest.raises(ConfigError, match="skip_first=-1"):
+        CalibSpec(skip_first=-1)
+    model, _, _ = load_float_model(str(tiny_llama_dir))
+    cfg = QuantConfig.for_method("dpq", group_size=64, calib=CalibSpec(samples=4, seq_len=64, skip_first=8))
+    with pytest.raises(ValueError, match="skip_first=8 leaves none of the 8 tokens"):
+        quantize_model(model, torch.randint(0, 100, (2, 8)), cfg, progress=False)

@@ -178,6 +178,16 @@ def _run_layer(layer, hidden, kwargs, index, device, stop_ok=False, replay=None)
     return outs
 
 
+def _hessian_tokens(x: torch.Tensor, skip_first: int) -> torch.Tensor:
+    """The tokens of a Linear's input x [B, T, K] that enter its Hessian: x[:, skip_first:] [B, T - skip_first, K]."""
+    if skip_first == 0:
+        return x
+    if x.dim() != 3:
+        raise ValueError(f"skip_first={skip_first} needs Linear inputs of shape [batch, tokens, features], "
+                         f"got {tuple(x.shape)}: set skip_first=0 for this model")
+    return x[:, skip_first:]
+
+
 def _quantize_group(layer, names, hidden, kwargs, index, prefix, config, device, summary, replay=None,
                     record=None):
     """Collect the Hessian and input range of one set of Linears, solve, swap in W4A8 modules.
@@ -199,7 +209,7 @@ def _quantize_group(layer, names, hidden, kwargs, index, prefix, config, device,
         def fn(_mod, inputs, _out):
             if name == first:
                 x = inputs[0].detach()
-                hess.add(x)
+                hess.add(_hessian_tokens(x, config.calib.skip_first))
                 if record is not None:
                     record.append(x.cpu())
                 if static_act:
@@ -268,6 +278,9 @@ def quantize_model(
     """
     if calib.dim() != 2 or calib.numel() == 0:
         raise ValueError(f"calibration ids must be a non-empty [samples, tokens] tensor, got {tuple(calib.shape)}")
+    if config.calib.skip_first >= calib.shape[1]:
+        raise ValueError(f"skip_first={config.calib.skip_first} leaves none of the {calib.shape[1]} tokens per "
+                         "calibration sequence for the Hessians: lower it or use longer sequences")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for but no CUDA GPU is available: use --device cpu")
