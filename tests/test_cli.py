@@ -105,6 +105,14 @@ def test_compare_writes_table_json_plot_and_checkpoints(tiny_llama_dir, tmp_path
     assert res["complete"] is True and list(res["results"]) == ["bf16", "rtn-w4a16", "dpq-gar"]
     assert all(is_checkpoint(tmp_path / "grid" / m) for m in ("rtn-w4a16", "dpq-gar"))
     assert (tmp_path / "c.png").stat().st_size > 0 and "dpq-gar" in (tmp_path / "c.md").read_text()
+    assert "concentrated" not in res["results"]["bf16"]
+    assert all(isinstance(res["results"][m]["concentrated"], dict) for m in ("rtn-w4a16", "dpq-gar"))
+    # the saved checkpoints are reused and give the same flagged Linears
+    assert main(args[:-6] + ["--json", str(tmp_path / "c2.json")]) == 0
+    res2 = json.loads((tmp_path / "c2.json").read_text())
+    assert "load_s" in res2["results"]["dpq-gar"]["settings"]["timings"]
+    assert res2["results"]["dpq-gar"]["concentrated"] == res["results"]["dpq-gar"]["concentrated"]
+    capsys.readouterr()
     # a rerun with another group size must not mix its results with the saved ones
     assert main(args[:9] + ["16"] + args[10:]) == 2
     assert "other settings" in capsys.readouterr().err

@@ -21,7 +21,7 @@ from dpq.io.checkpoint import WEIGHTS, read_quant_block
 from dpq.io.checkpoint import save as _save
 from dpq.io.data import calibration_batches, fingerprint
 from dpq.io.load import load as _load
-from dpq.models.driver import QuantSummary, quantize_model
+from dpq.models.driver import QuantSummary, concentrated, quantize_model
 
 
 def quantize(model, tokenizer, config: QuantConfig | None = None, calib: torch.Tensor | None = None,
@@ -46,6 +46,7 @@ def quantize(model, tokenizer, config: QuantConfig | None = None, calib: torch.T
     }
     model._dpq_config = config
     model._dpq_calibration = summary.calibration
+    model._dpq_top_token_share = summary.top_token_shares()
     return summary
 
 
@@ -59,6 +60,7 @@ def save(model, tokenizer, out_dir: str, config: QuantConfig | None = None, over
     if config is None:
         raise ValueError("save needs the QuantConfig the model was quantized with (pass config=...)")
     return _save(model, tokenizer, out_dir, config, getattr(model, "_dpq_calibration", None), overwrite=overwrite,
+                 top_token_share=getattr(model, "_dpq_top_token_share", None),
                  source_model=source_model)
 
 
@@ -96,7 +98,11 @@ def load_any(model_or_dir: str | None, device: str = "cpu"):
 
 
 def info(path: str) -> dict:
-    """What a checkpoint holds: method, settings, sizes of the quantized Linears against BF16."""
+    """What a checkpoint holds: method, settings, sizes of the quantized Linears against BF16.
+
+    "concentrated" names the Linears whose calibration inputs a few tokens dominated
+    ({name: top-0.1%-token share of tr(H)} above `dpq.models.driver.CONCENTRATED_SHARE`).
+    """
     from safetensors import safe_open  # noqa: PLC0415
 
     p = Path(path)
@@ -131,6 +137,7 @@ def info(path: str) -> dict:
         "quantized_linears": len(modules),
         "settings": block["settings"],
         "calibration": block.get("calibration", {}),
+        "concentrated": concentrated(block.get("top_token_share")),
         "quantized_weight_bytes": q_bytes,
         "bf16_weight_bytes": bf16_bytes,
         "ratio_to_bf16": q_bytes / bf16_bytes if bf16_bytes else float("nan"),

@@ -247,6 +247,7 @@ def cmd_compare(a) -> int:
     results["complete"] = True
     table = to_markdown(results)
     print(table)
+    _print_concentration_notes(results)
     if a.markdown:
         Path(a.markdown).parent.mkdir(parents=True, exist_ok=True)
         Path(a.markdown).write_text(table + "\n")
@@ -255,6 +256,15 @@ def cmd_compare(a) -> int:
         print(f"wrote {plot(results, a.plot)}")
     _write_json(a.json_out, results)
     return 0
+
+
+def _print_concentration_notes(results: dict) -> None:
+    from dpq.report import concentration_note  # noqa: PLC0415
+
+    for method, res in results["results"].items():
+        if res.get("concentrated"):
+            fp8 = not method.endswith("w4a16")  # every other method quantizes activations to FP8
+            print(f"note ({method}): " + concentration_note(method, res["concentrated"], fp8))
 
 
 def build_parser() -> argparse.ArgumentParser:

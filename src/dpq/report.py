@@ -30,13 +30,18 @@ def print_summary(summary, model_name: str = "", console: Console | None = None)
     )
     flagged = summary.concentrated()
     if flagged:
-        console.print("[yellow]note:[/] " + concentration_note(summary.method, flagged), soft_wrap=True)
+        shares = {r.name: r.top_token_share for r in flagged}
+        fp8 = any(r.input_scale is not None for r in flagged)
+        console.print("[yellow]note:[/] " + concentration_note(summary.method, shares, fp8), soft_wrap=True)
 
 
-def concentration_note(method: str, flagged) -> str:
-    """Advice for Linears whose calibration inputs a few tokens dominate (`QuantSummary.concentrated`)."""
-    names = ", ".join(f"{r.name} ({100 * r.top_token_share:.0f}%)" for r in flagged)
-    fp8 = any(r.input_scale is not None for r in flagged)
+def concentration_note(method: str, shares: dict[str, float], fp8: bool) -> str:
+    """Advice for Linears whose calibration inputs a few tokens dominate (`dpq.models.driver.concentrated`).
+
+    shares: {Linear name: share of its tr(H) carried by the top 0.1% of tokens}; fp8: the method
+    quantizes those Linears' inputs to FP8 (a W4A8 method).
+    """
+    names = ", ".join(f"{name} ({100 * share:.0f}%)" for name, share in shares.items())
     text = f"0.1% of the calibration tokens carry most of the input energy of {names}: massive activations"
     if method.startswith("rtn"):
         text += ", which set the FP8 input scale" if fp8 else ""
@@ -47,7 +52,7 @@ def concentration_note(method: str, flagged) -> str:
             + (" and which set the FP8 input scale" if fp8 else "")
             + f". Compare this model with --method {rtn}; if calibration loses"
         )
-    return text + ", keep these Linears in float with --ignore " + " ".join(r.name for r in flagged)
+    return text + ", keep these Linears in float with --ignore " + " ".join(shares)
 
 
 def print_info(info: dict, console: Console | None = None) -> None:
@@ -74,3 +79,6 @@ def print_info(info: dict, console: Console | None = None) -> None:
     for r in rows:
         t.add_row(*r)
     console.print(t)
+    if info.get("concentrated"):
+        note = concentration_note(info["method"], info["concentrated"], fp8=bool(fp8))
+        console.print("[yellow]note:[/] " + note, soft_wrap=True)

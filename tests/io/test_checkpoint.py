@@ -73,6 +73,30 @@ def test_info_reports_ratio_below_point_three(saved):
     assert 0.25 < info["ratio_to_bf16"] <= 0.3
 
 
+def test_top_token_shares_are_stored_for_every_calibrated_linear(quantized, saved):
+    model, _, _ = quantized
+    block = json.loads((saved / "config.json").read_text())["quantization_config"]
+    shares = block["top_token_share"]
+    assert set(shares) == set(block["modules"]) and shares == model._dpq_top_token_share
+    assert all(1 / 256 - 1e-4 <= v <= 1 for v in shares.values())  # 256 tokens, stored to 4 decimals
+    from dpq.models.driver import concentrated
+
+    assert dpq.info(saved)["concentrated"] == concentrated(shares)
+
+
+def test_checkpoint_without_shares_reads_as_none_flagged(saved, tmp_path):
+    """Checkpoints written before the shares were stored load, and `info` flags nothing."""
+    dst = _copy(saved, tmp_path)
+    cfg = json.loads((dst / "config.json").read_text())
+    del cfg["quantization_config"]["top_token_share"]
+    (dst / "config.json").write_text(json.dumps(cfg))
+    man = json.loads((dst / ckpt.MANIFEST).read_text())
+    man["files"]["config.json"] = {"sha256": ckpt._sha256(dst / "config.json"), "bytes": (dst / "config.json").stat().st_size}
+    (dst / ckpt.MANIFEST).write_text(json.dumps(man))
+    assert dpq.info(dst)["concentrated"] == {}
+    dpq.load(dst)
+
+
 def test_existing_output_is_refused(quantized, saved):
     model, tok, cfg = quantized
     with pytest.raises(CheckpointError, match="already exists"):

@@ -101,7 +101,9 @@ def compare(
     save_dir: write each quantized model to save_dir/<method> (atomic), or load it from there when a
         checkpoint of the same settings and calibration tokens is already present (see the module doc).
     on_result(partial) is called after each method with the comparison so far (for incremental output).
-    Returns {"model", "methods", "results": {method: evaluate-dict}, "calibration", "quant_kwargs"}.
+    Returns {"model", "methods", "results": {method: evaluate-dict}, "calibration", "quant_kwargs"}; each
+    quantized method's result also holds "concentrated": {Linear: top-token share} for the Linears whose
+    calibration inputs a few tokens dominated (see `dpq.models.driver.concentrated`), {} when none did.
     """
     methods = _check_methods(methods)
     quant_kwargs = dict(quant_kwargs or {})
@@ -145,16 +147,20 @@ def compare(
     for method in methods:
         t0 = time.perf_counter()
         reused = False
+        shares = None  # {Linear: top-token share of tr(H)} of the quantization run
         if method == FLOAT:
             model = float_model
         elif save_dir is not None and _reusable(Path(save_dir) / method, configs[method], calib_info):
             from dpq.api import load  # noqa: PLC0415
+            from dpq.io.checkpoint import read_quant_block  # noqa: PLC0415
 
             model, _ = load(str(Path(save_dir) / method), device=device)
+            shares = read_quant_block(Path(save_dir) / method).get("top_token_share")
             reused = True
         else:
             model = copy.deepcopy(float_model)
             model = quantize_fn(model, tok, config=configs[method], calib=calib, device=device, progress=progress)
+            shares = getattr(model, "_dpq_top_token_share", None)
             if save_dir is not None:
                 from dpq.api import save  # noqa: PLC0415
 
@@ -162,6 +168,10 @@ def compare(
         quant_s = time.perf_counter() - t0
         res = evaluate(model, tok, name=name, device=device, progress=progress, **eval_kwargs)
         res["method"] = method
+        if method != FLOAT:
+            from dpq.models.driver import concentrated  # noqa: PLC0415
+
+            res["concentrated"] = concentrated(shares)
         res["settings"]["timings"]["quantize_s" if not reused else "load_s"] = round(quant_s, 1)
         if save_dir is not None and method != FLOAT:
             res["checkpoint"] = str(Path(save_dir) / method)

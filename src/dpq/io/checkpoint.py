@@ -39,8 +39,12 @@ class CheckpointError(ValueError):
 
 
 def quant_block(config: QuantConfig, modules: dict[str, list[int]], calibration: dict,
-                source_model: str | None = None) -> dict:
-    """The `quantization_config` written into config.json."""
+                source_model: str | None = None, top_token_share: dict[str, float] | None = None) -> dict:
+    """The `quantization_config` written into config.json.
+
+    top_token_share: {Linear name: share of its calibration tr(H) carried by the top 0.1% of tokens}
+    (`QuantSummary.top_token_shares`); empty for data-free methods and for checkpoints written before it.
+    """
     return {
         "source_model": source_model,
         "quant_method": QUANT_METHOD,
@@ -50,6 +54,7 @@ def quant_block(config: QuantConfig, modules: dict[str, list[int]], calibration:
         "settings": config.to_dict(),
         "calibration": calibration,
         "modules": dict(sorted(modules.items())),  # name -> [out_features, in_features]
+        "top_token_share": dict(sorted((top_token_share or {}).items())),
     }
 
 
@@ -85,7 +90,8 @@ def quantized_modules(model) -> dict[str, list[int]]:
 
 
 def save(model, tokenizer, out_dir: str | os.PathLike, config: QuantConfig, calibration: dict | None = None,
-         overwrite: bool = False, source_model: str | None = None) -> Path:
+         overwrite: bool = False, source_model: str | None = None,
+         top_token_share: dict[str, float] | None = None) -> Path:
     """Write a quantized model as a dpq checkpoint directory (atomically)."""
     out = Path(out_dir)
     if out.exists() and not overwrite:
@@ -98,7 +104,7 @@ def save(model, tokenizer, out_dir: str | os.PathLike, config: QuantConfig, cali
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt", "dpq_format_version": str(FORMAT_VERSION)})
         cfg = model.config.to_dict()
-        cfg["quantization_config"] = quant_block(config, modules, calibration or {}, source_model)
+        cfg["quantization_config"] = quant_block(config, modules, calibration or {}, source_model, top_token_share)
         cfg["quantization_config"]["tied"] = aliases
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, default=str), encoding="utf-8")
         gen = getattr(model, "generation_config", None)

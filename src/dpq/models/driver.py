@@ -77,6 +77,15 @@ class QuantSummary:
         """The Linears whose Hessian the top 0.1% of calibration tokens dominate (share > threshold)."""
         return [r for r in self.linears if r.top_token_share is not None and r.top_token_share > threshold]
 
+    def top_token_shares(self) -> dict[str, float]:
+        """{Linear name: top-0.1%-token share of tr(H)} for every calibrated Linear (stored in checkpoints)."""
+        return {r.name: round(r.top_token_share, 4) for r in self.linears if r.top_token_share is not None}
+
+
+def concentrated(shares: dict[str, float] | None, threshold: float = CONCENTRATED_SHARE) -> dict[str, float]:
+    """The entries of a {Linear name: top-token share} map above `threshold` (`QuantSummary.concentrated`'s rule)."""
+    return {name: share for name, share in (shares or {}).items() if share > threshold}
+
 
 class _LayerRecorder(nn.Module):
     """Stands in for decoder layer i during input capture: records its kwargs (and layer 0's input)."""
