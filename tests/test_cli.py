@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from dpq.cli import main
+from dpq.cli import _print_concentration_notes, main
 
 
 @pytest.fixture(scope="module")
@@ -146,3 +146,13 @@ def test_quantize_skip_first_is_stored_and_shown(tiny_llama_dir, tmp_path, capsy
     assert json.loads(capsys.readouterr().out)["settings"]["calib"]["skip_first"] == 1
     assert main(["info", str(out)]) == 0
     assert "Hessians skip the first 1 tokens" in capsys.readouterr().out
+
+
+def test_compare_prints_a_note_per_flagged_method(capsys):
+    flagged = {"concentrated": {"model.layers.1.mlp.down_proj": 0.6}}
+    _print_concentration_notes({"results": {"bf16": {}, "gptq-w4a16": flagged, "rtn-w4a8": flagged,
+                                            "dpq": {"concentrated": {}}}})
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["note (gptq-w4a16)", "note (rtn-w4a8)"]
+    assert "FP8" not in lines[0] and "FP8 input scale" in lines[1]
+    assert all("--ignore model.layers.1.mlp.down_proj" in line for line in lines)

@@ -263,7 +263,7 @@ def _print_concentration_notes(results: dict) -> None:
 
     for method, res in results["results"].items():
         if res.get("concentrated"):
-            fp8 = not method.endswith("w4a16")  # every other method quantizes activations to FP8
+            fp8 = QuantConfig.for_method(method).fp8.enabled
             print(f"note ({method}): " + concentration_note(method, res["concentrated"], fp8))
 
 

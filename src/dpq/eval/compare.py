@@ -52,15 +52,16 @@ def _default_quantize(model, tokenizer, config, calib=None, device="cpu", progre
     return model
 
 
-def _reusable(path: Path, config: QuantConfig, calib_info: dict | None) -> bool:
-    """True if `path` is a checkpoint of `config` on the same calibration tokens; False if absent.
+def _reusable(path: Path, config: QuantConfig, calib_info: dict | None) -> dict | None:
+    """The quantization block of `path` if it is a checkpoint of `config` on the same calibration tokens;
+    None if absent.
 
     Raises ValueError for anything else at that path, so a result is never mixed with another run's.
     """
     from dpq.io.checkpoint import is_checkpoint, read_quant_block  # noqa: PLC0415
 
     if not path.exists():
-        return False
+        return None
     if not is_checkpoint(path):
         raise ValueError(f"{path} exists and is not a dpq checkpoint: remove it or choose another save directory")
     block = read_quant_block(path)
@@ -72,7 +73,7 @@ def _reusable(path: Path, config: QuantConfig, calib_info: dict | None) -> bool:
     if theirs is None or theirs != ours:
         raise ValueError(f"{path} was calibrated on other tokens (fingerprint {theirs}, this run {ours}): "
                          "remove it or choose another save directory")
-    return True
+    return block
 
 
 def compare(
@@ -150,12 +151,11 @@ def compare(
         shares = None  # {Linear: top-token share of tr(H)} of the quantization run
         if method == FLOAT:
             model = float_model
-        elif save_dir is not None and _reusable(Path(save_dir) / method, configs[method], calib_info):
+        elif save_dir is not None and (block := _reusable(Path(save_dir) / method, configs[method], calib_info)):
             from dpq.api import load  # noqa: PLC0415
-            from dpq.io.checkpoint import read_quant_block  # noqa: PLC0415
 
             model, _ = load(str(Path(save_dir) / method), device=device)
-            shares = read_quant_block(Path(save_dir) / method).get("top_token_share")
+            shares = block.get("top_token_share")
             reused = True
         else:
             model = copy.deepcopy(float_model)

@@ -74,8 +74,10 @@ class QuantSummary:
         return sum(errs) / len(errs) if errs else float("nan")
 
     def concentrated(self, threshold: float = CONCENTRATED_SHARE) -> list[LinearReport]:
-        """The Linears whose Hessian the top 0.1% of calibration tokens dominate (share > threshold)."""
-        return [r for r in self.linears if r.top_token_share is not None and r.top_token_share > threshold]
+        """The Linears whose Hessian the top 0.1% of calibration tokens dominate (`concentrated`'s rule)."""
+        shares = {r.name: r.top_token_share for r in self.linears if r.top_token_share is not None}
+        flagged = concentrated(shares, threshold)
+        return [r for r in self.linears if r.name in flagged]
 
     def top_token_shares(self) -> dict[str, float]:
         """{Linear name: top-0.1%-token share of tr(H)} for every calibrated Linear (stored in checkpoints)."""
