@@ -217,7 +217,11 @@ def _add_compare(sub) -> None:
     p.add_argument("--fp8-max", type=float, default=448.0)
     p.add_argument("--act-scale", default="maxabs", choices=["maxabs", "percentile", "mse"])
     p.add_argument("--group-params", default="updated", choices=["updated", "frozen"])
-    p.add_argument("--seed", type=int, default=0)
+    seed = p.add_mutually_exclusive_group()
+    seed.add_argument("--seed", type=int, default=0, help="calibration seed (which windows of text calibrate)")
+    seed.add_argument("--seeds", default=None, metavar="S1,S2,...",
+                      help="repeat the comparison with each calibration seed and report every method's mean and "
+                           "spread (max - min); checkpoints go to SAVE_DIR/seed-<s>/<method>")
     _eval_options(p)
     p.add_argument("--markdown", default=None, metavar="FILE.md", help="write the table as markdown")
     p.add_argument("--plot", default=None, metavar="FILE.png", help="plot perplexity and average accuracy per method")
@@ -228,8 +232,6 @@ def _add_compare(sub) -> None:
 
 
 def cmd_compare(a) -> int:
-    from pathlib import Path  # noqa: PLC0415
-
     from dpq.eval.compare import compare  # noqa: PLC0415
     from dpq.eval.report import plot, to_markdown  # noqa: PLC0415
 
@@ -238,24 +240,61 @@ def cmd_compare(a) -> int:
         calib=CalibSpec(a.calib, a.calib_samples, a.calib_seq_len, a.seed, a.calib_skip_first), group_params=a.group_params,
     )
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
-    def partial(so_far: dict) -> None:  # keep every finished method on disk while the rest run
-        if a.json_out:
-            _write_json(a.json_out, {**so_far, "complete": False}, quiet=True)
+    if a.seeds is not None:
+        return _compare_seeds(a, methods, quant_kwargs)
 
     results = compare(a.model, methods, quant_kwargs, _eval_kwargs(a), device=a.device, save_dir=a.save_dir,
-                      on_result=partial)
+                      on_result=_partial_writer(a))
     results["complete"] = True
     table = to_markdown(results)
     print(table)
     _print_concentration_notes(results)
+    _write_outputs(a, table, lambda path: plot(results, path), results)
+    return 0
+
+
+def _partial_writer(a):
+    """on_result for compare: keep every finished method on disk (complete: false) while the rest run."""
+    def partial(so_far: dict) -> None:
+        if a.json_out:
+            _write_json(a.json_out, {**so_far, "complete": False}, quiet=True)
+
+    return partial
+
+
+def _parse_seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds {text}: give comma-separated integers, e.g. --seeds 0,1,2") from None
+
+
+def _compare_seeds(a, methods: list[str], quant_kwargs: dict) -> int:
+    from dpq.eval.seeds import compare_seeds, plot, to_markdown  # noqa: PLC0415
+
+    summary = compare_seeds(a.model, methods, _parse_seeds(a.seeds), quant_kwargs, _eval_kwargs(a),
+                            device=a.device, save_dir=a.save_dir, on_result=_partial_writer(a))
+    table = to_markdown(summary)
+    print(table)
+    noted = set()
+    for run in summary["runs"]:  # each flagged method once (the flags rarely depend on the seed)
+        _print_concentration_notes({"results": {m: r for m, r in run["results"].items() if m not in noted}})
+        noted |= {m for m, r in run["results"].items() if r.get("concentrated")}
+    _write_outputs(a, table, lambda path: plot(summary, path), summary)
+    return 0
+
+
+def _write_outputs(a, table: str, draw, results: dict) -> None:
+    """--markdown, --plot (draw(path) -> path) and --json of a comparison."""
+    from pathlib import Path  # noqa: PLC0415
+
     if a.markdown:
         Path(a.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.markdown).write_text(table + "\n")
+        Path(a.markdown).write_text(table if table.endswith("\n") else table + "\n")
         print(f"wrote {a.markdown}")
     if a.plot:
-        print(f"wrote {plot(results, a.plot)}")
+        print(f"wrote {draw(a.plot)}")
     _write_json(a.json_out, results)
-    return 0
 
 
 def _print_concentration_notes(results: dict) -> None:

@@ -147,10 +147,21 @@ def plot(results, path) -> Path:
         ax.bar_label(bars, fmt="%.2f", fontsize=8)
         ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
         ax.set_title(title, fontsize=10)
-        lo, hi = min(ys), max(ys)
-        pad = (hi - lo) * 0.5 or abs(hi) * 0.05 or 1.0
-        ax.set_ylim(max(0.0, lo - pad), hi + pad)
+        zoom_y(ax, min(ys), max(ys))
     fig.suptitle(str(rows[0].get("model")), fontsize=11)
+    return save_figure(fig, path)
+
+
+def zoom_y(ax, lo: float, hi: float) -> None:
+    """Limit the y axis to the data's range with half of it as margin (never below 0)."""
+    pad = (hi - lo) * 0.5 or abs(hi) * 0.05 or 1.0
+    ax.set_ylim(max(0.0, lo - pad), hi + pad)
+
+
+def save_figure(fig, path) -> Path:
+    """Lay out, write (creating the parent directory) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
