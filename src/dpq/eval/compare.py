@@ -52,6 +52,21 @@ def _default_quantize(model, tokenizer, config, calib=None, device="cpu", progre
     return model
 
 
+def load_float(model_name: str | None, loader: Callable | None = None) -> tuple:
+    """(model, tokenizer, name, reference) of the float model to compare.
+
+    reference is what saved checkpoints record as their source model: the loaded model's
+    reference (`dpq.models.loading.load_float_model`), or model_name with an injected
+    loader(model_name) -> (model, tokenizer, name).
+    """
+    if loader is not None:
+        return (*loader(model_name), model_name)
+    from dpq.models.loading import load_float_model  # noqa: PLC0415
+
+    model, tok, src = load_float_model(model_name)
+    return model, tok, src.name, src.reference
+
+
 def _reusable(path: Path, config: QuantConfig, calib_info: dict | None) -> dict | None:
     """The quantization block of `path` if it is a checkpoint of `config` on the same calibration tokens;
     None if absent.
@@ -113,16 +128,7 @@ def compare(
     resolve_tasks(eval_kwargs.get("tasks", ()))  # fail on a bad task name before loading anything
     configs = {m: QuantConfig.for_method(m, **quant_kwargs) for m in methods if m != FLOAT}
     quantize_fn = quantize_fn or _default_quantize
-    source_ref = {"ref": model_name}
-    if loader is None:
-        from dpq.models.loading import load_float_model  # noqa: PLC0415
-
-        def loader(name):
-            m, t, src = load_float_model(name)
-            source_ref["ref"] = src.reference
-            return m, t, src.name
-
-    float_model, tok, name = loader(model_name)
+    float_model, tok, name, reference = load_float(model_name, loader)
     calib_spec: CalibSpec = quant_kwargs.get("calib") or CalibSpec()
     calib_info = None
     if configs and calib is None:
@@ -164,7 +170,7 @@ def compare(
             if save_dir is not None:
                 from dpq.api import save  # noqa: PLC0415
 
-                save(model, tok, str(Path(save_dir) / method), config=configs[method], source_model=source_ref["ref"])
+                save(model, tok, str(Path(save_dir) / method), config=configs[method], source_model=reference)
         quant_s = time.perf_counter() - t0
         res = evaluate(model, tok, name=name, device=device, progress=progress, **eval_kwargs)
         res["method"] = method

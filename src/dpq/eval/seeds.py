@@ -17,13 +17,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dpq.config import CalibSpec
-from dpq.eval.compare import FLOAT, _check_methods, compare
+from dpq.eval.compare import FLOAT, _check_methods, compare, load_float
 from dpq.eval.tasks import resolve_tasks
 
-METRICS = ("wikitext2_ppl", "average")
-"""The per-method figures summarized over seeds: perplexity (lower is better), average accuracy (higher)."""
+_MEASURED_WITH = {"wikitext2_ppl": ("ppl", "seq_len"), "average": ("limit", "num_fewshot")}
+"""Per metric, the evaluation settings that must agree for values to be compared (besides windows / tasks)."""
 
-_EVAL_KEYS = ("ppl", "seq_len", "max_windows", "limit", "num_fewshot")
+METRICS = tuple(_MEASURED_WITH)
+"""The per-method figures summarized over seeds: perplexity (lower is better), average accuracy (higher)."""
 
 
 def _seed(comparison: dict) -> int:
@@ -44,10 +45,11 @@ def _settings_but_seed(comparison: dict) -> dict:
     return qk
 
 
-def _eval_settings(result: dict) -> dict:
+def _measured_with(result: dict, metric: str) -> dict:
+    """How `metric` of one evaluate dict was measured: perplexity windows, or the tasks; and the settings."""
+    what = {"windows": result.get("windows")} if metric == "wikitext2_ppl" else {"tasks": sorted(result.get("tasks", {}))}
     s = result.get("settings", {})
-    return {"windows": result.get("windows"), "tasks": sorted(result.get("tasks", {})),
-            **{k: s.get(k) for k in _EVAL_KEYS}}
+    return {**what, **{k: s.get(k) for k in _MEASURED_WITH[metric]}}
 
 
 def _stats(values: dict[int, float]) -> dict:
@@ -98,11 +100,7 @@ def summarize(comparisons: list[dict]) -> dict:
                 x = res.get(metric)
                 if x is None:
                     continue
-                settings = _eval_settings(res)
-                if metric == "wikitext2_ppl":
-                    settings = {k: settings[k] for k in ("windows", "ppl", "seq_len")}
-                else:
-                    settings = {k: settings[k] for k in ("tasks", "limit", "num_fewshot")}
+                settings = _measured_with(res, metric)
                 if how.setdefault(metric, settings) != settings:
                     raise ValueError(f"{method} (seed {seed}): {metric} measured with {settings}, another "
                                      f"comparison with {how[metric]}; rerun with the same evaluation options")
@@ -159,29 +157,20 @@ def compare_seeds(
         raise ValueError("a seed spread needs at least one quantization method (the float model has no seed)")
     quant_kwargs = dict(quant_kwargs or {})
     base_calib: CalibSpec = quant_kwargs.get("calib") or CalibSpec()
-    reference = model_name
-    if loader is None:
-        from dpq.models.loading import load_float_model  # noqa: PLC0415
-
-        model, tok, src = load_float_model(model_name)
-        reference = src.reference
-        loaded = (model, tok, src.name)
-    else:
-        loaded = loader(model_name)
-    runs: list[dict] = []
+    *loaded, reference = load_float(model_name, loader)
+    runs: list[dict] = []  # the finished seeds' comparisons
 
     def report(so_far: dict) -> None:
         if on_result is not None:
-            on_result({**summarize(runs[:-1] + [so_far]), "runs": runs[:-1] + [so_far]})
+            on_result({**summarize(runs + [so_far]), "runs": runs + [so_far]})
 
     for i, seed in enumerate(seeds):
         kwargs = {**quant_kwargs, "calib": dataclasses.replace(base_calib, seed=seed)}
         these = [m for m in methods if i == 0 or m != FLOAT]
-        runs.append({})
-        runs[-1] = compare(reference, these, kwargs, eval_kwargs, device=device, quantize_fn=quantize_fn,
-                           loader=lambda name: loaded, progress=progress,
-                           save_dir=None if save_dir is None else str(Path(save_dir) / f"seed-{seed}"),
-                           on_result=report)
+        runs.append(compare(reference, these, kwargs, eval_kwargs, device=device, quantize_fn=quantize_fn,
+                            loader=lambda name: loaded, progress=progress,
+                            save_dir=None if save_dir is None else str(Path(save_dir) / f"seed-{seed}"),
+                            on_result=report))
     return {**summarize(runs), "runs": runs}
 
 
