@@ -129,7 +129,7 @@ def test_quantize_in_bfloat16_keeps_unquantized_tensors_in_bfloat16(tiny_llama_d
                  "--group-size", "32", "--dtype", "bfloat16"]) == 0
     with safe_open(str(out / "model.safetensors"), framework="pt") as f:
         assert f.get_tensor("model.embed_tokens.weight").dtype == torch.bfloat16
-        assert f.get_tensor("model.layers.0.mlp.down_proj.qweight").dtype == torch.uint8
+        assert f.get_tensor("model.layers.0.mlp.down_proj.weight").dtype == torch.uint8
     model, tok = dpq.load(str(out))
     assert model.model.embed_tokens.weight.dtype == torch.bfloat16
     with torch.no_grad():

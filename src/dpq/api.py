@@ -122,7 +122,7 @@ def info(path: str) -> dict:
             module, _, leaf = key.rpartition(".")
             if module in modules:
                 q_bytes += nbytes if leaf != "bias" else 0
-                if leaf == "qweight":
+                if leaf in ("weight", "qweight"):  # qweight: format version 1
                     n, k = block["modules"][module]
                     bf16_bytes += n * k * 2
             else:

@@ -11,8 +11,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-FORMAT_VERSION = 1
-"""Version of the checkpoint format and of `QuantConfig.to_dict()`."""
+FORMAT_VERSION = 2
+"""Version of the checkpoint format and of `QuantConfig.to_dict()`. Version 2 stores a quantized
+Linear's packed codes as `weight` (version 1: `qweight`), so that a loader without dpq stops on the
+shape mismatch instead of leaving the Linear randomly initialised; the settings are the same."""
+READABLE_FORMAT_VERSIONS = (1, 2)
+"""Checkpoint format versions this dpq reads."""
 
 METHODS = ("dpq-gar", "dpq", "gptq-w4a16", "naive-w4a8", "rtn-w4a8", "rtn-w4a16")
 """Quantization methods, the default first."""
@@ -269,10 +273,11 @@ class QuantConfig:
             raise ConfigError("quantization_config must be a JSON object")
         version = d.get("format_version")
         _check(
-            version == FORMAT_VERSION,
-            f"quantization_config format_version={version!r}: this dpq reads version "
-            f"{FORMAT_VERSION}; upgrade dpq or re-quantize the model",
+            version in READABLE_FORMAT_VERSIONS,
+            f"quantization_config format_version={version!r}: this dpq reads versions "
+            f"{', '.join(map(str, READABLE_FORMAT_VERSIONS))}; upgrade dpq or re-quantize the model",
         )
+        d = {**d, "format_version": FORMAT_VERSION}  # the settings did not change between versions
         subs = {"weight": WeightSpec, "fp8": FP8Spec, "act": ActSpec, "solver": SolverSpec, "calib": CalibSpec}
         known = {f.name for f in dataclasses.fields(cls)}
         extra = set(d) - known

@@ -131,7 +131,7 @@ def test_extra_tensor(saved, tmp_path):
 
 def test_wrong_shape(saved, tmp_path):
     p = _copy(saved, tmp_path)
-    key = "model.layers.1.mlp.down_proj.qweight"
+    key = "model.layers.1.mlp.down_proj.weight"
     _rewrite_tensors(p, lambda t: t.__setitem__(key, t[key][:, :-1].contiguous()))
     with pytest.raises(CheckpointError, match=rf"{key} has shape"):
         dpq.load(p)
@@ -202,3 +202,30 @@ def test_settings_written_before_skip_first_still_load(saved):
     cfg = QuantConfig.from_dict(settings)
     assert cfg.calib.skip_first == 0
     assert cfg == QuantConfig.from_dict(block["settings"])  # what `dpq compare --save-dir` compares
+
+
+def _as_version_1(path):
+    """Rewrite a checkpoint as format version 1 wrote it: packed codes under `qweight`."""
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["quantization_config"]["format_version"] = 1
+    cfg["quantization_config"]["settings"]["format_version"] = 1
+    (path / "config.json").write_text(json.dumps(cfg))
+    modules = cfg["quantization_config"]["modules"]
+    _rewrite_tensors(path, lambda t: [t.__setitem__(f"{m}.qweight", t.pop(f"{m}.weight")) for m in modules])
+    man = json.loads((path / ckpt.MANIFEST).read_text())
+    f = path / "config.json"
+    man["files"]["config.json"] = {"sha256": ckpt._sha256(f), "bytes": f.stat().st_size}
+    (path / ckpt.MANIFEST).write_text(json.dumps(man))
+
+
+def test_format_version_1_still_loads(quantized, saved, tmp_path):
+    model, tok, _ = quantized
+    old = _copy(saved, tmp_path)
+    _as_version_1(old)
+    assert "model.layers.0.mlp.down_proj.qweight" in load_file(old / ckpt.WEIGHTS)
+    loaded, _ = dpq.load(old)
+    ids = tok("Version 1 checkpoints keep loading.", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, loaded(ids).logits)
+    info = dpq.info(old)
+    assert info["quantized_linears"] == 14 and 0.25 < info["ratio_to_bf16"] <= 0.3

@@ -133,7 +133,7 @@ def test_paper_symmetric_loads_and_emulates_static_fp8(paper_dirs, smollm2_token
     with torch.no_grad():
         y = lin(x)
     s_x = float(src[f"{name}.input_scale"])
-    w = dequantize(unpack_int4(src[f"{name}.qweight"], 96), src[f"{name}.scales"].float(),
+    w = dequantize(unpack_int4(src[f"{name}.weight"], 96), src[f"{name}.scales"].float(),
                    src[f"{name}.zeros"].float(), 32) * float(src[f"{name}.weight_scale"])
     emu = (fp8_cast(x / s_x) * s_x) @ w.t()
     assert torch.allclose(y, emu, rtol=1e-5, atol=1e-6)  # fp32 both sides: summation order only
@@ -155,7 +155,7 @@ def test_paper_asymmetric_dequantized_weights_exact(paper_dirs):
                                               quantization_config=CompressedTensorsConfig(dequantize=True))
     src = dpq.io.checkpoint.read_tensors(ck)
     for name, k in (("model.layers.1.mlp.down_proj", 160), ("model.layers.0.self_attn.k_proj", 96)):
-        w = dequantize(unpack_int4(src[f"{name}.qweight"], k), src[f"{name}.scales"].float(),
+        w = dequantize(unpack_int4(src[f"{name}.weight"], k), src[f"{name}.scales"].float(),
                        src[f"{name}.zeros"].float(), 32) * float(src[f"{name}.weight_scale"])
         assert torch.equal(ct.get_submodule(name).weight.detach(), w)
 
@@ -192,7 +192,7 @@ def test_vllm_target_export_and_numerics(vllm_dirs, smollm2_tokenizer):
     src = dpq.io.checkpoint.read_tensors(ck)
     name = "model.layers.0.mlp.down_proj"
     scales = src[f"{name}.scales"].float() * float(src[f"{name}.weight_scale"])
-    want = vllm_w4afp8.linear(x, unpack_int4(src[f"{name}.qweight"], 512), scales)
+    want = vllm_w4afp8.linear(x, unpack_int4(src[f"{name}.weight"], 512), scales)
     with torch.no_grad():
         assert torch.allclose(lin(x).float(), want.float(), rtol=2**-7, atol=1e-4)
     # transformers runs per-token fake-quant activations and (q - 8) * scale weights (no FP8 scale re-quant)

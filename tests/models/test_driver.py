@@ -148,8 +148,8 @@ def test_skip_first_leaves_leading_tokens_out_of_the_hessians(tiny_llama_dir, mo
     # Layer 0's q/k/v see the float inputs in both runs: the observers see every token, so the
     # same activation scale; the Hessians do not, so other weights.
     assert s_skip.linears[0].input_scale == s_all.linears[0].input_scale
-    a = m_skip.model.layers[0].mlp.down_proj.qweight
-    b = m_all.model.layers[0].mlp.down_proj.qweight
+    a = m_skip.model.layers[0].mlp.down_proj.weight
+    b = m_all.model.layers[0].mlp.down_proj.weight
     assert not torch.equal(a, b)
 
 

@@ -90,7 +90,7 @@ def test_kernel_state_cached_and_invalidated():
     y0 = run(m, x, "triton")
     state = m._kernel_state
     assert state is not None and repack_for_kernel(m) is state  # built once, reused
-    m.qweight.copy_(torch.flip(m.qweight, dims=[1]))  # in place: the cached layout is stale
+    m.weight.copy_(torch.flip(m.weight, dims=[1]))  # in place: the cached layout is stale
     y1 = run(m, x, "triton")
     assert m._kernel_state is not state and not torch.equal(y0, y1)
     torch.testing.assert_close(y1.float(), run(m, x, "reference").float(), rtol=2**-7,

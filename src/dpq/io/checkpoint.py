@@ -1,7 +1,7 @@
 """The dpq checkpoint: a directory that `dpq.load` turns back into a transformers model.
 
     DIR/config.json          the model's config + `quantization_config` (see `quant_block`)
-    DIR/model.safetensors    every tensor; quantized Linears as qweight/scales/zeros/weight_scale/input_scale
+    DIR/model.safetensors    every tensor; quantized Linears as weight (packed codes)/scales/zeros/weight_scale/input_scale
     DIR/dpq_manifest.json    sha256 and size of each file, so corruption is caught on load
     DIR/tokenizer*.json ...  the tokenizer (checked to tokenize the same after a reload)
     DIR/generation_config.json (when the model has one)
@@ -25,7 +25,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 import dpq
-from dpq.config import FORMAT_VERSION, ConfigError, QuantConfig
+from dpq.config import FORMAT_VERSION, READABLE_FORMAT_VERSIONS, ConfigError, QuantConfig
 from dpq.numerics.int4 import num_groups, storage_dtype
 
 WEIGHTS = "model.safetensors"
@@ -169,10 +169,10 @@ def read_quant_block(path: str | os.PathLike) -> dict:
     if not isinstance(block, dict) or block.get("quant_method") != QUANT_METHOD:
         raise CheckpointError(f"{cfg_path} has no dpq quantization_config: {p} is not a dpq checkpoint")
     version = block.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_FORMAT_VERSIONS:
         raise CheckpointError(
-            f"{p}: checkpoint format version {version!r} is not the version {FORMAT_VERSION} this dpq reads: "
-            "upgrade dpq, or re-quantize the model"
+            f"{p}: checkpoint format version {version!r} is not one this dpq reads "
+            f"({', '.join(map(str, READABLE_FORMAT_VERSIONS))}): upgrade dpq, or re-quantize the model"
         )
     try:
         block["config"] = QuantConfig.from_dict(block["settings"])
@@ -206,22 +206,30 @@ def verify_files(path: Path) -> None:
             raise CheckpointError(f"{f} does not match its sha256 in {MANIFEST}: the file is corrupted")
 
 
-def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+V1_CODES = "qweight"
+"""Version 1's name of the packed codes (version 2: `weight`)."""
+
+
+def read_tensors(path: Path, version: int = FORMAT_VERSION) -> dict[str, torch.Tensor]:
+    """Every tensor of the checkpoint, named as this version of dpq names them."""
     f = path / WEIGHTS
     if not f.is_file():
         raise CheckpointError(f"{f} is missing")
     try:
         with safe_open(str(f), framework="pt") as sf:
-            return {k: sf.get_tensor(k) for k in sf.keys()}
+            tensors = {k: sf.get_tensor(k) for k in sf.keys()}
     except (SafetensorError, OSError, RuntimeError) as e:
         raise CheckpointError(f"{f} cannot be read ({e}): the file is truncated or corrupted") from e
+    if version == 1:
+        tensors = {(k[: -len(V1_CODES)] + "weight" if k.endswith("." + V1_CODES) else k): t for k, t in tensors.items()}
+    return tensors
 
 
 def check_quantized_tensors(tensors: dict[str, torch.Tensor], name: str, k: int, n: int, config: QuantConfig) -> None:
     """Shapes, dtypes and finiteness of one quantized Linear's tensors."""
     g = num_groups(k, config.weight.group_size)
     want = {
-        "qweight": ((n, (k + 1) // 2), torch.uint8),
+        "weight": ((n, (k + 1) // 2), torch.uint8),
         "scales": ((n, g), storage_dtype(config.weight.scale_dtype)),
         "zeros": ((n, g), torch.uint8),
         "weight_scale": ((), torch.float32),

@@ -83,7 +83,7 @@ def export(src: str | os.PathLike, out: str | os.PathLike, format: str = "compre
     target = target or config.target
     check_exportable(config, block["modules"], target)
     verify_files(src)
-    tensors = read_tensors(src)
+    tensors = read_tensors(src, block["format_version"])
     cfg = json.loads((src / "config.json").read_text(encoding="utf-8"))
     out_tensors, report = _convert_tensors(tensors, block, cfg, target)
     cfg["quantization_config"] = quantization_config(config, _ignored_linears(cfg, block), target)
@@ -212,7 +212,7 @@ def _convert_tensors(tensors: dict, block: dict, cfg: dict, target: str) -> tupl
             out[alias] = tensors[src].clone()
     report = {}
     for name, (n, k) in sorted(modules.items()):
-        codes = unpack_int4(tensors[f"{name}.qweight"], k)  # [N, K] uint8, 0..15
+        codes = unpack_int4(tensors[f"{name}.weight"], k)  # [N, K] uint8, 0..15
         s_g = tensors[f"{name}.scales"].float()  # [N, G], FP8 domain
         zero = tensors[f"{name}.zeros"]  # [N, G] uint8
         s_w = float(tensors[f"{name}.weight_scale"])

@@ -16,7 +16,7 @@ from dpq.io.checkpoint import (
 from dpq.models.specs import get_submodule, set_submodule
 from dpq.nn.linear import W4A8Linear
 
-QUANT_LEAVES = ("qweight", "scales", "zeros", "weight_scale", "input_scale", "bias")
+QUANT_LEAVES = ("weight", "scales", "zeros", "weight_scale", "input_scale", "bias")
 
 
 def _skeleton(path: Path, dtype: torch.dtype):
@@ -43,7 +43,7 @@ def load(path: str, device: str = "cpu", dtype: torch.dtype | None = None, verif
     config = block["config"]
     if verify:
         verify_files(p)
-    tensors = read_tensors(p)
+    tensors = read_tensors(p, block["format_version"])
     float_dtype = dtype or next((t.dtype for k, t in tensors.items() if k.endswith("embed_tokens.weight")), torch.float32)
     model, _ = _skeleton(p, float_dtype)
     for name, (n, k) in block["modules"].items():

@@ -359,7 +359,7 @@ class KernelState:
 
 
 def _buffers_key(module) -> tuple:
-    return tuple((t.device, t.data_ptr(), t._version) for t in (module.qweight, module.scales, module.zeros))
+    return tuple((t.device, t.data_ptr(), t._version) for t in (module.weight, module.scales, module.zeros))
 
 
 def repack_for_kernel(module) -> KernelState:
@@ -368,7 +368,7 @@ def repack_for_kernel(module) -> KernelState:
     key = _buffers_key(module)
     if isinstance(state, KernelState) and state.key == key:
         return state
-    state = KernelState(packed=module.qweight.t().contiguous().t(), scales=module.scales.t().contiguous().t(),
+    state = KernelState(packed=module.weight.t().contiguous().t(), scales=module.scales.t().contiguous().t(),
                         zeros=module.zeros.t().contiguous().t(), key=key)
     module._kernel_state = state
     return state

@@ -1,7 +1,8 @@
 """The W4A8 Linear: packed INT4 codes, group scales, zero points, s_w and s_x.
 
 Buffers (what the checkpoint stores, per Linear with weight [N, K]):
-    qweight      [N, ceil(K/2)] uint8   two INT4 codes per byte (see numerics.int4)
+    weight       [N, ceil(K/2)] uint8   two INT4 codes per byte (see numerics.int4; named `weight` so that a
+                                         loader without dpq fails on its shape instead of loading random weights)
     scales       [N, G]  scale dtype    group scales in the FP8 domain
     zeros        [N, G]  uint8          zero points (8 everywhere when symmetric)
     weight_scale []      float32        s_w, a power of two
@@ -50,7 +51,7 @@ class W4A8Linear(nn.Module):
         self.group_size = in_features if group_size == -1 else group_size
         self.fp8_max = fp8_max
         g = num_groups(in_features, self.group_size)
-        self.register_buffer("qweight", torch.zeros(out_features, (in_features + 1) // 2, dtype=torch.uint8))
+        self.register_buffer("weight", torch.zeros(out_features, (in_features + 1) // 2, dtype=torch.uint8))
         self.register_buffer("scales", torch.ones(out_features, g, dtype=storage_dtype(scale_dtype)))
         self.register_buffer("zeros", torch.full((out_features, g), 8, dtype=torch.uint8))
         self.register_buffer("weight_scale", torch.tensor(1.0))
@@ -73,7 +74,7 @@ class W4A8Linear(nn.Module):
         """Build from a solver's result; the input scale is set later by calibration."""
         n, k = qw.shape
         m = cls(k, n, bias is not None, qw.group_size, qw.fp8_max, scale_dtype, target)
-        m.qweight.copy_(pack_int4(qw.codes))
+        m.weight.copy_(pack_int4(qw.codes))
         m.scales.copy_(qw.scale.to(m.scales.dtype))
         m.zeros.copy_(qw.zero.to(torch.uint8))
         m.weight_scale.fill_(float(qw.s_w))
@@ -116,11 +117,11 @@ class W4A8Linear(nn.Module):
         """
         if self._dequant_cache is None and self.dynamic_act:
             self._dequant_cache = vllm_dequant_weight(
-                self.qweight, self.scales.float() * self.weight_scale.float(), self.in_features, self.group_size
+                self.weight, self.scales.float() * self.weight_scale.float(), self.in_features, self.group_size
             )
         if self._dequant_cache is None:
             self._dequant_cache = dequant_weight(
-                self.qweight, self.scales, self.zeros, self.in_features, self.group_size, self.fp8_max
+                self.weight, self.scales, self.zeros, self.in_features, self.group_size, self.fp8_max
             )
         return self._dequant_cache
 
@@ -152,7 +153,7 @@ class W4A8Linear(nn.Module):
     def weight_bytes(self) -> int:
         """Bytes of everything stored for this Linear's weight (codes, scales, zeros, s_w, s_x)."""
         total = 0
-        for name in ("qweight", "scales", "zeros", "weight_scale", "input_scale"):
+        for name in ("weight", "scales", "zeros", "weight_scale", "input_scale"):
             t = getattr(self, name)
             if t is not None:
                 total += t.numel() * t.element_size()
