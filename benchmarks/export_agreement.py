@@ -40,10 +40,10 @@ def run(name: str, work: Path) -> dict:
     cfg = dpq.QuantConfig.for_method(method, group_size=g, symmetric=sym, target=target,
                                      calib=dpq.CalibSpec(samples=4, seq_len=128))
     t0 = time.time()
-    dpq.quantize(model, tok, cfg, progress=False)
+    result = dpq.quantize(model, tok, cfg, progress=False)
     t_quant = time.time() - t0
     ck, out = work / f"{name}-dpq", work / f"{name}-ct"
-    dpq.save(model, tok, ck, cfg)
+    dpq.save(result, ck)
     del model
     dpq.export(ck, out)
     ref, _ = dpq.load(ck, dtype=torch.float32)

@@ -6,6 +6,6 @@ from dpq.config import ActSpec, CalibSpec, FP8Spec, QuantConfig, SolverSpec, Wei
 
 __all__ = ["ActSpec", "CalibSpec", "FP8Spec", "QuantConfig", "SolverSpec", "WeightSpec", "__version__"]
 
-from dpq.api import export, info, load, quantize, save  # noqa: E402
+from dpq.api import QuantResult, export, info, load, quantize, quantize_to_disk, save  # noqa: E402
 
-__all__ += ["export", "info", "load", "quantize", "save"]
+__all__ += ["QuantResult", "export", "info", "load", "quantize", "quantize_to_disk", "save"]

@@ -1,12 +1,16 @@
 """The Python API: quantize a model, save it, load it, describe it.
 
     import dpq
+    cfg = dpq.QuantConfig.for_method("dpq-gar", calib=dpq.CalibSpec(samples=16, seq_len=512))
+    result = dpq.quantize_to_disk("path/to/model", "out/model-dpq-gar", cfg)   # streams layer by layer
+    qmodel, qtok = dpq.load("out/model-dpq-gar")
+
+or, with a model already in memory:
+
     from dpq.models.loading import load_float_model
     model, tok, _ = load_float_model()                  # SmolLM2-135M-Instruct, bundled
-    cfg = dpq.QuantConfig.for_method("dpq-gar", calib=dpq.CalibSpec(samples=16, seq_len=512))
-    summary = dpq.quantize(model, tok, cfg)
-    dpq.save(model, tok, "out/smollm2-dpq-gar", cfg)
-    qmodel, qtok = dpq.load("out/smollm2-dpq-gar")
+    result = dpq.quantize(model, tok, cfg)              # in place; result.summary has the per-Linear report
+    dpq.save(result, "out/smollm2-dpq-gar")
 """
 
 from __future__ import annotations
@@ -17,51 +21,39 @@ from pathlib import Path
 import torch
 
 from dpq.config import QuantConfig
-from dpq.io.checkpoint import WEIGHTS, read_quant_block
-from dpq.io.checkpoint import save as _save
-from dpq.io.data import calibration_batches, fingerprint
+from dpq.io.checkpoint import read_quant_block, weight_files
 from dpq.io.load import load as _load
-from dpq.models.driver import QuantSummary, concentrated, quantize_model
+from dpq.models.driver import concentrated, quantize_model
+from dpq.pipeline import QuantResult, _calibration, _check_config, calibration_info, quantize_to_disk, save_quantized
+
+__all__ = ["QuantResult", "export", "info", "load", "load_any", "quantize", "quantize_to_disk", "save"]
 
 
 def quantize(model, tokenizer, config: QuantConfig | None = None, calib: torch.Tensor | None = None,
-             device: str = "cpu", progress: bool = True, batch_size: int = 8) -> QuantSummary:
-    """Quantize `model` in place with `config` (default: dpq-gar); returns the run's summary.
+             device: str = "cpu", progress: bool = True, batch_size: int = 8) -> QuantResult:
+    """Quantize `model` (in memory) in place with `config` (default: dpq-gar); returns a QuantResult.
 
     calib: [samples, tokens] token ids; None draws them from `config.calib`
-    (WikiText-2 validation text by default). The summary's `calibration`
-    attribute records the source and a fingerprint of the exact tokens.
+    (WikiText-2 validation text by default). `result.calibration` records the source and a
+    fingerprint of the exact tokens; `dpq.save(result, out)` writes the checkpoint.
     """
-    config = config or QuantConfig()
-    if calib is None:
-        c = config.calib
-        calib = calibration_batches(tokenizer, c.source, c.samples, c.seq_len, c.seed)
+    config = _check_config(config)
+    calib = _calibration(tokenizer, config, calib)
     summary = quantize_model(model, calib, config, device=device, batch_size=batch_size, progress=progress)
-    summary.calibration = {
-        "source": config.calib.source,
-        "samples": int(calib.shape[0]),
-        "seq_len": int(calib.shape[1]),
-        "seed": config.calib.seed,
-        "fingerprint": fingerprint(calib),
-    }
-    model._dpq_config = config
-    model._dpq_calibration = summary.calibration
-    model._dpq_top_token_share = summary.top_token_shares()
-    return summary
+    return QuantResult(config, summary, calibration_info(config, calib), model=model, tokenizer=tokenizer,
+                       source_model=getattr(model.config, "_name_or_path", None) or None)
 
 
-def save(model, tokenizer, out_dir: str, config: QuantConfig | None = None, overwrite: bool = False,
-         source_model: str | None = None) -> Path:
-    """Write the quantized model as a checkpoint directory (atomic).
+def save(result: QuantResult, out_dir: str, overwrite: bool = False, source_model: str | None = None,
+         max_shard_size: str | int = "5GB") -> Path:
+    """Write `dpq.quantize`'s result as a checkpoint directory (atomic; shards of at most max_shard_size).
 
-    source_model: what the float model was loaded from (recorded so `dpq eval DIR --vs-float` can find it).
+    source_model: what the float model was loaded from (recorded so `dpq eval DIR --vs-float` can find it);
+    default: the model config's name_or_path.
     """
-    config = config or getattr(model, "_dpq_config", None)
-    if config is None:
-        raise ValueError("save needs the QuantConfig the model was quantized with (pass config=...)")
-    return _save(model, tokenizer, out_dir, config, getattr(model, "_dpq_calibration", None), overwrite=overwrite,
-                 top_token_share=getattr(model, "_dpq_top_token_share", None),
-                 source_model=source_model)
+    if source_model is not None and isinstance(result, QuantResult):
+        result.source_model = source_model
+    return save_quantized(result, out_dir, overwrite=overwrite, max_shard_size=max_shard_size)
 
 
 def load(path: str, device: str = "cpu", dtype: torch.dtype | None = None):
@@ -111,22 +103,22 @@ def info(path: str) -> dict:
     q_bytes = 0
     bf16_bytes = 0
     other_bytes = 0
-    with safe_open(str(p / WEIGHTS), framework="pt") as sf:
-        for key in sf.keys():
-            sl = sf.get_slice(key)
-            shape = sl.get_shape()
-            numel = 1
-            for d in shape:
-                numel *= d
-            nbytes = numel * _dtype_size(sl.get_dtype())
-            module, _, leaf = key.rpartition(".")
-            if module in modules:
-                q_bytes += nbytes if leaf != "bias" else 0
-                if leaf in ("weight", "qweight"):  # qweight: format version 1
-                    n, k = block["modules"][module]
-                    bf16_bytes += n * k * 2
-            else:
-                other_bytes += nbytes
+    for f in weight_files(p):
+        with safe_open(str(p / f), framework="pt") as sf:
+            for key in sf.keys():
+                sl = sf.get_slice(key)
+                numel = 1
+                for d in sl.get_shape():
+                    numel *= d
+                nbytes = numel * _dtype_size(sl.get_dtype())
+                module, _, leaf = key.rpartition(".")
+                if module in modules:
+                    q_bytes += nbytes if leaf != "bias" else 0
+                    if leaf in ("weight", "qweight"):  # qweight: format version 1
+                        n, k = block["modules"][module]
+                        bf16_bytes += n * k * 2
+                else:
+                    other_bytes += nbytes
     cfg = json.loads((p / "config.json").read_text())
     return {
         "path": str(p),

@@ -16,7 +16,8 @@ def _add_quantize(sub) -> None:
     p = sub.add_parser("quantize", help="quantize a causal LM to W4A8 and write a checkpoint directory")
     p.add_argument("model", nargs="?", default=None,
                    help="local directory, hub name, .gguf file, smollm2-135m (default) or gemma3-270m")
-    p.add_argument("--out", required=True, help="checkpoint directory to write (must not exist)")
+    p.add_argument("--out", required=True,
+                   help="checkpoint directory to write (must not exist; an interrupted run with the same --out resumes)")
     p.add_argument("--method", default="dpq-gar", choices=METHODS)
     p.add_argument("--calib", default="wikitext2", help="wikitext2, a .txt file or a .jsonl file of {\"text\": ...}")
     p.add_argument("--calib-samples", type=int, default=128)
@@ -38,34 +39,25 @@ def _add_quantize(sub) -> None:
     p.add_argument("--target", default="paper", choices=["paper", "vllm-w4afp8"],
                    help="numerics to calibrate for: paper (asymmetric INT4, static FP8 activations) or "
                         "vllm-w4afp8 (vLLM's W4AFP8: symmetric INT4 g128, per-token FP8; implies --sym)")
-    _dtype_option(p)
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="dtype of the float weights in memory and of the tensors the checkpoint keeps unquantized "
+                        "(embeddings, norms, lm_head): auto (default) is the source's own (bf16 for most hub models, "
+                        "float32 for dequantized GGUF weights); the solver always works in float32")
+    p.add_argument("--max-shard-size", default="5GB", metavar="SIZE",
+                   help="largest safetensors file of the checkpoint (5GB default; GB = 10^9 bytes, GiB = 2^30)")
+    p.add_argument("--restart", action="store_true",
+                   help="discard what an interrupted run with the same --out kept, instead of resuming it")
+    p.add_argument("--offload-dir", default=None, metavar="DIR",
+                   help="keep calibration activations in memory-mapped files under DIR (when they do not fit in RAM)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it is a dpq checkpoint (or empty)")
     p.set_defaults(func=cmd_quantize)
-
-
-DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
-
-
-def _dtype_option(p) -> None:
-    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES),
-                   help="dtype of the float model in memory, and of the tensors the checkpoint keeps unquantized "
-                        "(embeddings, norms, lm_head). float32 (default) keeps GGUF sources exact; bfloat16 "
-                        "halves memory for a BF16 hub model")
-
-
-def _torch_dtype(name: str):
-    import torch  # noqa: PLC0415
-
-    return getattr(torch, DTYPES[name])
 
 
 def cmd_quantize(a) -> int:
     import dpq  # noqa: PLC0415
-    from dpq.models.loading import load_float_model  # noqa: PLC0415
+    from dpq.io.shards import parse_size  # noqa: PLC0415
     from dpq.report import print_summary  # noqa: PLC0415
 
-    if os.path.exists(a.out) and not a.overwrite:
-        raise ConfigError(f"--out {a.out} already exists: choose another directory or pass --overwrite")
     if a.target == "vllm-w4afp8" and (a.group_size != 128 or a.fp8_max != 448.0):
         raise ConfigError("--target vllm-w4afp8 runs vLLM's W4A8 kernel: it needs --group-size 128 and --fp8-max 448")
     config = QuantConfig.for_method(
@@ -73,11 +65,12 @@ def cmd_quantize(a) -> int:
         act=ActSpec(method=a.act_scale), calib=CalibSpec(a.calib, a.calib_samples, a.seq_len, a.seed, a.calib_skip_first),
         ignore=tuple(a.ignore), group_params=a.group_params, target=a.target,
     )
-    model, tok, src = load_float_model(a.model, dtype=_torch_dtype(a.dtype))
-    summary = dpq.quantize(model, tok, config, device=a.device, batch_size=a.batch_size)
-    out = dpq.save(model, tok, a.out, config, overwrite=a.overwrite, source_model=src.reference)
-    print_summary(summary, src.name)
-    print(f"wrote {out}")
+    parse_size(a.max_shard_size)  # a bad size fails before any work
+    result = dpq.quantize_to_disk(a.model, a.out, config, dtype=a.dtype, device=a.device, batch_size=a.batch_size,
+                                  max_shard_size=a.max_shard_size, overwrite=a.overwrite, restart=a.restart,
+                                  offload_dir=a.offload_dir)
+    print_summary(result.summary, a.model or "smollm2-135m")
+    print(f"wrote {result.path}")
     return 0
 
 
@@ -195,6 +188,9 @@ def cmd_eval(a) -> int:
         source = read_quant_block(a.model).get("source_model") if a.model else None
         if not source:
             raise ValueError("--vs-float needs a dpq checkpoint that records its source model (dpq quantize writes it)")
+        if os.path.exists(source) and os.path.realpath(source) == os.path.realpath(a.model):
+            raise ValueError(f"--vs-float: the checkpoint {a.model} records itself as its source model (the float "
+                             "model was overwritten): evaluate the float model separately")
         results.append(evaluate_path(source, device=a.device, **_eval_kwargs(a)))
     results.append(evaluate_path(a.model, device=a.device, **_eval_kwargs(a)))
     print(to_markdown(results))

@@ -17,6 +17,13 @@ def print_summary(summary, model_name: str = "", console: Console | None = None)
         sx = "-" if r.input_scale is None else f"{r.input_scale:.3g}"
         t.add_row(r.name.removeprefix("model."), f"{r.shape[0]}x{r.shape[1]}", f"{r.rel_error:.4f}", f"{r.solve_seconds:.2f}", sx)
     console.print(t)
+    if summary.resumed_at:
+        console.print(f"resumed at layer {summary.resumed_at}/{summary.layers}: the rows above include the "
+                      "layers an earlier run finished; times and memory are this run's")
+    if summary.phases:
+        total = sum(summary.phases.values()) or 1.0
+        console.print("time by phase: " + ", ".join(f"{k} {v:.1f} s ({100 * v / total:.0f}%)"
+                                                    for k, v in summary.phases.items()))
     solve = sum(r.solve_seconds for r in summary.linears)
     worst = max(summary.linears, key=lambda r: r.rel_error) if summary.linears else None
     console.print(

@@ -13,6 +13,7 @@ import dpq
 from dpq.config import CalibSpec, QuantConfig
 from dpq.io import checkpoint as ckpt
 from dpq.io.checkpoint import CheckpointError
+from dpq.io.outdir import OutputError
 from dpq.models.loading import load_float_model
 
 
@@ -20,15 +21,15 @@ from dpq.models.loading import load_float_model
 def quantized(tiny_llama_dir):
     model, tok, _ = load_float_model(str(tiny_llama_dir))
     cfg = QuantConfig.for_method("dpq-gar", group_size=64, calib=CalibSpec(samples=4, seq_len=64))
-    dpq.quantize(model, tok, cfg, progress=False)
-    return model, tok, cfg
+    result = dpq.quantize(model, tok, cfg, progress=False)
+    return model, tok, cfg, result
 
 
 @pytest.fixture(scope="module")
 def saved(quantized, tmp_path_factory):
-    model, tok, cfg = quantized
+    model, tok, cfg, result = quantized
     out = tmp_path_factory.mktemp("ckpt") / "q"
-    dpq.save(model, tok, out, cfg)
+    dpq.save(result, out)
     return out
 
 
@@ -50,7 +51,7 @@ def _rewrite_tensors(path, fn):
 
 
 def test_reload_gives_the_same_logits(quantized, saved):
-    model, tok, _ = quantized
+    model, tok, _, _ = quantized
     loaded, ltok = dpq.load(saved)
     ids = tok("A saved and reloaded checkpoint must compute the same function.", return_tensors="pt").input_ids
     with torch.no_grad():
@@ -74,10 +75,10 @@ def test_info_reports_ratio_below_point_three(saved):
 
 
 def test_top_token_shares_are_stored_for_every_calibrated_linear(quantized, saved):
-    model, _, _ = quantized
+    model, _, _, _ = quantized
     block = json.loads((saved / "config.json").read_text())["quantization_config"]
     shares = block["top_token_share"]
-    assert set(shares) == set(block["modules"]) and shares == model._dpq_top_token_share
+    assert set(shares) == set(block["modules"]) and shares == quantized[3].summary.top_token_shares()
     assert all(1 / 256 - 1e-4 <= v <= 1 for v in shares.values())  # 256 tokens, stored to 4 decimals
     from dpq.models.driver import concentrated
 
@@ -98,20 +99,19 @@ def test_checkpoint_without_shares_reads_as_none_flagged(saved, tmp_path):
 
 
 def test_existing_output_is_refused(quantized, saved):
-    model, tok, cfg = quantized
-    with pytest.raises(CheckpointError, match="already exists"):
-        dpq.save(model, tok, saved, cfg)
+    with pytest.raises(OutputError, match="already exists"):
+        dpq.save(quantized[3], saved)
 
 
 def test_failed_save_leaves_nothing(quantized, tmp_path, monkeypatch):
-    model, tok, cfg = quantized
+    from dpq.io import shards
 
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(ckpt, "save_file", boom)
+    monkeypatch.setattr(shards, "tensor_bytes", boom)
     with pytest.raises(OSError, match="disk full"):
-        dpq.save(model, tok, tmp_path / "out", cfg)
+        dpq.save(quantized[3], tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -219,7 +219,7 @@ def _as_version_1(path):
 
 
 def test_format_version_1_still_loads(quantized, saved, tmp_path):
-    model, tok, _ = quantized
+    model, tok, _, _ = quantized
     old = _copy(saved, tmp_path)
     _as_version_1(old)
     assert "model.layers.0.mlp.down_proj.qweight" in load_file(old / ckpt.WEIGHTS)

@@ -34,8 +34,7 @@ def _tiny_llama(tok, hidden: int, inter: int):
 def _quantized_dir(tmp_path, tok, model, method, target="paper", group_size=32, symmetric=False, name="ck"):
     cfg = dpq.QuantConfig.for_method(method, group_size=group_size, symmetric=symmetric, target=target)
     calib = torch.randint(0, len(tok), (2, 32), generator=torch.Generator().manual_seed(0))
-    dpq.quantize(model, tok, cfg, calib=calib, progress=False)
-    return dpq.save(model, tok, tmp_path / name, cfg)
+    return dpq.save(dpq.quantize(model, tok, cfg, calib=calib, progress=False), tmp_path / name)
 
 
 @pytest.fixture(scope="module")
@@ -319,8 +318,7 @@ def test_smollm2_paper_export_perplexity(smollm2, tmp_path):
     model, tok = smollm2
     model = copy.deepcopy(model)
     cfg = dpq.QuantConfig.for_method("dpq", group_size=64, symmetric=True, calib=dpq.CalibSpec(samples=2, seq_len=64))
-    dpq.quantize(model, tok, cfg, progress=False)
-    ck = dpq.save(model, tok, tmp_path / "ck", cfg)
+    ck = dpq.save(dpq.quantize(model, tok, cfg, progress=False), tmp_path / "ck")
     out = dpq.export(ck, tmp_path / "ct")
     ref, _ = dpq.load(ck, dtype=torch.float32)
     ct = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
@@ -335,8 +333,8 @@ def test_ignored_linears_stay_dense(tmp_path, tiny_llama_dir, smollm2_tokenizer)
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
     dense = model.model.layers[1].mlp.down_proj.weight.detach().clone()
     cfg = dpq.QuantConfig.for_method("rtn-w4a8", group_size=32, symmetric=True, ignore=("model.layers.1.mlp.down_proj",))
-    dpq.quantize(model, smollm2_tokenizer, cfg, calib=torch.randint(0, 1000, (1, 16)), progress=False)
-    out = dpq.export(dpq.save(model, smollm2_tokenizer, tmp_path / "ck", cfg), tmp_path / "ct")
+    result = dpq.quantize(model, smollm2_tokenizer, cfg, calib=torch.randint(0, 1000, (1, 16)), progress=False)
+    out = dpq.export(dpq.save(result, tmp_path / "ck"), tmp_path / "ct")
     q = json.loads((out / "config.json").read_text())["quantization_config"]
     assert q["ignore"] == ["lm_head", "model.layers.1.mlp.down_proj"]
     ct = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)

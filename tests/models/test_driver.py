@@ -20,7 +20,7 @@ def _quantize(path, method="dpq-gar", **kw):
     model, tok, _ = load_float_model(str(path))
     kw.setdefault("calib", CALIB)
     cfg = QuantConfig.for_method(method, group_size=64, **kw)
-    summary = dpq.quantize(model, tok, cfg, progress=False)
+    summary = dpq.quantize(model, tok, cfg, progress=False).summary
     return model, tok, cfg, summary
 
 
@@ -95,7 +95,7 @@ def test_group_size_larger_than_k_is_refused(tiny_llama_dir):
 def test_smollm2_pipeline_tiny_calibration(smollm2):
     model, tok = copy.deepcopy(smollm2[0]), smollm2[1]
     cfg = QuantConfig.for_method("dpq-gar", calib=CalibSpec(samples=2, seq_len=64))
-    summary = dpq.quantize(model, tok, cfg, progress=False)
+    summary = dpq.quantize(model, tok, cfg, progress=False).summary
     assert len(summary.linears) == 30 * 7
     assert summary.mean_rel_error < 0.2
     ids = tok("The capital of France is", return_tensors="pt").input_ids

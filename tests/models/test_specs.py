@@ -35,7 +35,7 @@ def test_architecture_quantizes(model_type):
     qcfg = QuantConfig.for_method("dpq-gar", group_size=64)
     with torch.no_grad():
         ref = model(calib[:1]).logits
-    summary = dpq.quantize(model, None, qcfg, calib=calib, progress=False)
+    summary = dpq.quantize(model, None, qcfg, calib=calib, progress=False).summary
     layers = get_submodule(model, spec.layers)
     for layer in layers:
         for name in spec.linears:

@@ -30,15 +30,22 @@ class HessianAccumulator:
 
     k: input size of the Linear; name: the layer, used in error messages.
     `add(x)` takes x of shape [..., K] (all leading dims are tokens).
+    While fewer than K tokens have been added it also keeps them (`inputs`, [n, K], no more memory
+    than H itself), so an output error ||D X|| costs N K n instead of N K^2.
+    lazy: do not accumulate H until more than K tokens arrived (a solver that ignores H, such as
+    round-to-nearest, then pays nothing for it); `hessian()` builds it from the kept inputs.
     """
 
-    def __init__(self, k: int, name: str = "", device: torch.device | str | None = None) -> None:
+    def __init__(self, k: int, name: str = "", device: torch.device | str | None = None, lazy: bool = False) -> None:
         if k <= 0:
             raise HessianError(f"{name or 'layer'}: input size K={k} must be positive")
         self.k = k
         self.name = name
         self.n = 0
-        self.h = torch.zeros(k, k, dtype=SOLVER_DTYPE, device=device)
+        self.lazy = lazy
+        self.device = device
+        self.h = None if lazy else torch.zeros(k, k, dtype=SOLVER_DTYPE, device=device)
+        self._kept: list[torch.Tensor] | None = []  # the tokens while n < K; None once dropped
         self._energy: list[torch.Tensor] = []  # ||x||^2 of every token, for top_token_share
 
     def add(self, x: torch.Tensor) -> None:
@@ -48,7 +55,7 @@ class HessianAccumulator:
                 f"{self.name or 'layer'}: inputs have {x.shape[-1]} features but the Hessian is for "
                 f"K={self.k}: feed this accumulator the inputs of the Linear it was made for"
             )
-        x = x.detach().reshape(-1, self.k).to(device=self.h.device, dtype=SOLVER_DTYPE)  # (T, K)
+        x = x.detach().reshape(-1, self.k).to(device=self.device if self.h is None else self.h.device, dtype=SOLVER_DTYPE)  # (T, K)
         m = x.shape[0]
         if m == 0:
             return
@@ -58,11 +65,35 @@ class HessianAccumulator:
                 "and the calibration data (run the model in float32)"
             )
         self._energy.append((x * x).sum(1).cpu())
-        total = self.n + m
+        if self._kept is not None and self.n + m < self.k:
+            self._kept.append(x)
+        elif self._kept is not None:
+            if self.h is None:  # lazy: fold the kept tokens in before going on
+                self.h = torch.zeros(self.k, self.k, dtype=SOLVER_DTYPE, device=x.device)
+                kept, self.n = self._kept, 0
+                self._kept = None
+                for t in kept:
+                    self._fold(t)
+            self._kept = None
+        if self.h is not None:
+            self._fold(x)
+        else:
+            self.n += m
+
+    def _fold(self, x: torch.Tensor) -> None:
+        """The running-mean update of H with tokens x [T, K]."""
+        total = self.n + x.shape[0]
         self.h.mul_(self.n / total)
         x = x * (2.0 / total) ** 0.5
         self.h.addmm_(x.t(), x)  # (K, T) @ (T, K)
         self.n = total
+
+    @property
+    def inputs(self) -> torch.Tensor | None:
+        """The added tokens [n, K] fp32 while n < K, else None."""
+        if self._kept is None or not self._kept:
+            return None
+        return torch.cat(self._kept)
 
     def hessian(self) -> torch.Tensor:
         """H [K, K] fp32 (a copy). Raises when no token was added."""
@@ -71,6 +102,16 @@ class HessianAccumulator:
                 f"{self.name or 'layer'}: no calibration tokens reached this layer: "
                 "add calibration samples (or check that the layer is on the forward path)"
             )
+        if self.h is None:  # lazy and fewer than K tokens: build it from the kept ones
+            h = torch.zeros(self.k, self.k, dtype=SOLVER_DTYPE, device=self._kept[0].device)
+            n = 0
+            for x in self._kept:
+                total = n + x.shape[0]
+                h.mul_(n / total)
+                xs = x * (2.0 / total) ** 0.5
+                h.addmm_(xs.t(), xs)
+                n = total
+            return h
         return self.h.clone()
 
     def top_token_share(self, fraction: float = TOP_TOKEN_FRACTION) -> float:

@@ -46,10 +46,10 @@ def _plain(value):
 
 
 def _default_quantize(model, tokenizer, config, calib=None, device="cpu", progress=True):
+    """dpq.quantize (in place); returns its QuantResult."""
     from dpq.api import quantize  # noqa: PLC0415
 
-    quantize(model, tokenizer, config=config, calib=calib, device=device, progress=progress)  # in place
-    return model
+    return quantize(model, tokenizer, config=config, calib=calib, device=device, progress=progress)
 
 
 def load_float(model_name: str | None, loader: Callable | None = None) -> tuple:
@@ -111,8 +111,8 @@ def compare(
     quant_kwargs: keyword arguments of `QuantConfig.for_method` (group_size, calib=CalibSpec(...), ...).
     eval_kwargs: keyword arguments of `evaluate` (ppl, seq_len, max_windows, tasks, limit, ...).
     calib: calibration batches [samples, seq_len]; None draws them once from the config's CalibSpec.
-    quantize_fn(model, tokenizer, config=, calib=, device=, progress=) -> model: defaults to
-        `dpq.api.quantize`; injectable for tests. loader(model_name) -> (model, tokenizer, name):
+    quantize_fn(model, tokenizer, config=, calib=, device=, progress=) -> QuantResult (or the model):
+        defaults to `dpq.api.quantize`; injectable for tests. loader(model_name) -> (model, tokenizer, name):
         defaults to `dpq.models.loading.load_float_model`.
     save_dir: write each quantized model to save_dir/<method> (atomic), or load it from there when a
         checkpoint of the same settings and calibration tokens is already present (see the module doc).
@@ -164,13 +164,18 @@ def compare(
             shares = block.get("top_token_share")
             reused = True
         else:
+            from dpq.pipeline import QuantResult  # noqa: PLC0415
+
             model = copy.deepcopy(float_model)
-            model = quantize_fn(model, tok, config=configs[method], calib=calib, device=device, progress=progress)
-            shares = getattr(model, "_dpq_top_token_share", None)
+            result = quantize_fn(model, tok, config=configs[method], calib=calib, device=device, progress=progress)
+            if isinstance(result, QuantResult):
+                model, shares = result.model, result.summary.top_token_shares()
+            else:
+                model = result
             if save_dir is not None:
                 from dpq.api import save  # noqa: PLC0415
 
-                save(model, tok, str(Path(save_dir) / method), config=configs[method], source_model=reference)
+                save(result, str(Path(save_dir) / method), source_model=reference)
         quant_s = time.perf_counter() - t0
         res = evaluate(model, tok, name=name, device=device, progress=progress, **eval_kwargs)
         res["method"] = method

@@ -1,13 +1,15 @@
 """The dpq checkpoint: a directory that `dpq.load` turns back into a transformers model.
 
     DIR/config.json          the model's config + `quantization_config` (see `quant_block`)
-    DIR/model.safetensors    every tensor; quantized Linears as weight (packed codes)/scales/zeros/weight_scale/input_scale
+    DIR/model.safetensors    every tensor (or model-0000i-of-0000n.safetensors + model.safetensors.index.json
+                             when larger than --max-shard-size); quantized Linears as weight (packed codes) /
+                             scales / zeros / weight_scale / input_scale
     DIR/dpq_manifest.json    sha256 and size of each file, so corruption is caught on load
     DIR/tokenizer*.json ...  the tokenizer (checked to tokenize the same after a reload)
-    DIR/generation_config.json (when the model has one)
+    DIR/generation_config.json
 
-Writes go to a temporary sibling directory that is renamed at the end: a run
-that fails leaves nothing behind.
+Writing is `dpq.io.writer` (the plan and the streamed shards) inside `dpq.io.outdir`'s claimed
+partial directory, published at the end: a run that fails leaves `--out` as it was.
 """
 
 from __future__ import annotations
@@ -17,21 +19,19 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 import dpq
 from dpq.config import FORMAT_VERSION, READABLE_FORMAT_VERSIONS, ConfigError, QuantConfig
+from dpq.io.shards import SINGLE_FILE, shard_files
+from dpq.io.writer import MANIFEST, TOKENIZER_PROBE  # noqa: F401 - part of this module's interface
 from dpq.numerics.int4 import num_groups, storage_dtype
 
-WEIGHTS = "model.safetensors"
-MANIFEST = "dpq_manifest.json"
+WEIGHTS = SINGLE_FILE
 QUANT_METHOD = "dpq"
-TOKENIZER_PROBE = "The capital of France is Paris. Robert Boulter is an English actor, born 1,234 years ago."
 
 
 class CheckpointError(ValueError):
@@ -66,93 +66,25 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _dedup_state(model) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """State dict without tied duplicates: (tensors, {alias: kept name})."""
-    tensors: dict[str, torch.Tensor] = {}
-    aliases: dict[str, str] = {}
-    by_ptr: dict[tuple, str] = {}
-    for name, t in model.state_dict().items():
-        key = (t.device.type, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape)) if t.device.type != "meta" else None
-        if key is not None and key in by_ptr:
-            aliases[name] = by_ptr[key]
-            continue
-        if key is not None:
-            by_ptr[key] = name
-        tensors[name] = t
-    return tensors, aliases
-
-
-def quantized_modules(model) -> dict[str, list[int]]:
-    """{name: [out_features, in_features]} of every W4A8 Linear in the model."""
-    from dpq.nn.linear import W4A8Linear  # noqa: PLC0415
-
-    return {n: [m.out_features, m.in_features] for n, m in model.named_modules() if isinstance(m, W4A8Linear)}
-
-
-def save(model, tokenizer, out_dir: str | os.PathLike, config: QuantConfig, calibration: dict | None = None,
-         overwrite: bool = False, source_model: str | None = None,
-         top_token_share: dict[str, float] | None = None) -> Path:
-    """Write a quantized model as a dpq checkpoint directory (atomically)."""
-    out = Path(out_dir)
-    if out.exists() and not overwrite:
-        raise CheckpointError(f"{out} already exists: choose another --out or remove it first")
-    modules = quantized_modules(model)
-    if not modules:
-        raise CheckpointError("the model has no quantized Linears: run dpq.quantize first")
-    with atomic_directory(out, overwrite) as tmp:
-        tensors, aliases = _dedup_state(model)
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt", "dpq_format_version": str(FORMAT_VERSION)})
-        cfg = model.config.to_dict()
-        cfg["quantization_config"] = quant_block(config, modules, calibration or {}, source_model, top_token_share)
-        cfg["quantization_config"]["tied"] = aliases
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=2, default=str), encoding="utf-8")
-        gen = getattr(model, "generation_config", None)
-        if gen is not None:
-            gen.save_pretrained(tmp)
-        if tokenizer is not None:
-            _save_tokenizer(tokenizer, tmp)
-        files = {p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir()) if p.is_file()}
-        (tmp / MANIFEST).write_text(json.dumps({"format_version": FORMAT_VERSION, "files": files}, indent=2))
-    return out
-
-
 @contextlib.contextmanager
-def atomic_directory(out: Path, overwrite: bool = False):
-    """Yield a temporary sibling directory that replaces `out` when the block ends without error.
+def atomic_directory(out: Path, overwrite: bool = False, protected: tuple = ()):
+    """Yield a directory to fill; it becomes `out` when the block ends without error (`dpq.io.outdir`:
+    never replaces what this run did not claim, only a dpq checkpoint or empty directory with overwrite).
 
-    A failure removes the temporary directory and leaves `out` as it was.
+    A failure removes what was written and leaves `out` as it was.
     """
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise CheckpointError(f"{out} already exists: choose another --out or remove it first")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    tmp.chmod(0o755)
+    from dpq.io import outdir  # noqa: PLC0415
+
+    out = outdir.check_output(out, overwrite, protected=protected)
+    claim = outdir.claim(out)
     try:
-        yield tmp
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out)
+        for p in claim.checkpoint.iterdir():  # what a dead run left
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+        yield claim.checkpoint
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        claim.release(remove=True)
         raise
-
-
-def _save_tokenizer(tokenizer, path: Path) -> None:
-    from transformers import AutoTokenizer  # noqa: PLC0415
-
-    tokenizer.save_pretrained(path)
-    reloaded = AutoTokenizer.from_pretrained(path)
-    if reloaded(TOKENIZER_PROBE).input_ids != tokenizer(TOKENIZER_PROBE).input_ids:
-        raise CheckpointError(
-            "the saved tokenizer tokenizes differently after a reload (its merges or special tokens were lost): "
-            "load the tokenizer from the original model directory, not from a GGUF file, and save again"
-        )
+    outdir.publish(claim, overwrite)
 
 
 def read_quant_block(path: str | os.PathLike) -> dict:
@@ -196,6 +128,10 @@ def verify_files(path: Path) -> None:
     if not man.is_file():
         raise CheckpointError(f"{path} has no {MANIFEST}: the checkpoint is incomplete; save it again")
     files = json.loads(man.read_text(encoding="utf-8"))["files"]
+    unlisted = [f for f in shard_files(path) if f not in files]
+    if unlisted:
+        raise CheckpointError(f"{path / unlisted[0]} is not listed in {MANIFEST}: the checkpoint was changed after "
+                              "it was written")
     for name, meta in files.items():
         f = path / name
         if not f.is_file():
@@ -210,16 +146,26 @@ V1_CODES = "qweight"
 """Version 1's name of the packed codes (version 2: `weight`)."""
 
 
+def weight_files(path: Path) -> list[str]:
+    """The checkpoint's safetensors files: the shards its index names, or model.safetensors."""
+    files = shard_files(Path(path))
+    if not files:
+        raise CheckpointError(f"{Path(path) / WEIGHTS} is missing")
+    return files
+
+
 def read_tensors(path: Path, version: int = FORMAT_VERSION) -> dict[str, torch.Tensor]:
-    """Every tensor of the checkpoint, named as this version of dpq names them."""
-    f = path / WEIGHTS
-    if not f.is_file():
-        raise CheckpointError(f"{f} is missing")
-    try:
-        with safe_open(str(f), framework="pt") as sf:
-            tensors = {k: sf.get_tensor(k) for k in sf.keys()}
-    except (SafetensorError, OSError, RuntimeError) as e:
-        raise CheckpointError(f"{f} cannot be read ({e}): the file is truncated or corrupted") from e
+    """Every tensor of the checkpoint (all shards), named as this version of dpq names them."""
+    tensors: dict[str, torch.Tensor] = {}
+    for name in weight_files(path):
+        f = Path(path) / name
+        if not f.is_file():
+            raise CheckpointError(f"{f} is missing")
+        try:
+            with safe_open(str(f), framework="pt") as sf:
+                tensors.update({k: sf.get_tensor(k) for k in sf.keys()})
+        except (SafetensorError, OSError, RuntimeError) as e:
+            raise CheckpointError(f"{f} cannot be read ({e}): the file is truncated or corrupted") from e
     if version == 1:
         tensors = {(k[: -len(V1_CODES)] + "weight" if k.endswith("." + V1_CODES) else k): t for k, t in tensors.items()}
     return tensors

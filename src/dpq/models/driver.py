@@ -12,100 +12,46 @@ Once q/k/v are quantized the attention output Linear's input is fixed, so the
 pass that calibrates it also records that input, and every later pass over the
 layer replays it through the quantized output Linear instead of recomputing
 attention (bit-identical; see `_ReplayedAttention`).
+
+Streaming (`source`, `sink`): the model's parameters may sit on the meta device; the driver
+asks the source to materialize the embeddings for input capture and then one decoder layer at
+a time, hands each finished layer and the next layer's inputs to the sink (which writes them),
+and asks the source to release the layer, so memory does not grow with the number of layers.
+`resume` restarts at a later layer with the inputs and report rows an earlier run kept.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import resource
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from dpq.algorithms import relative_output_error, solve
+from dpq.algorithms import ERROR_ROWS, relative_output_error, relative_weight_error, solve
 from dpq.algorithms.hessian import HessianAccumulator
 from dpq.config import QuantConfig
+from dpq.models.activations import ActivationStore
+from dpq.models.capture import Stop, capture_inputs, decoder_base, run_layer
 from dpq.models.observers import ActObserver
-from dpq.models.specs import ArchSpec, get_submodule, set_submodule, spec_for
+from dpq.models.phases import PhaseClock
+from dpq.models.specs import ArchSpec, get_submodule, is_ignored, set_submodule, spec_for
+from dpq.models.summary import CONCENTRATED_SHARE, LinearReport, QuantSummary, concentrated
 from dpq.nn.linear import W4A8Linear
 
-
-CONCENTRATED_SHARE = 0.25
-"""A Linear whose top 0.1% of calibration tokens carry more than this share of tr(H) is flagged:
-its Hessian is set by a few tokens (massive activations, e.g. at position 0). Over 8 x 2048
-WikiText-2 tokens SmolLM2-135M's layers 11 and 28 `down_proj` carry 99% and 51%, its next
-input 19%; over 8 x 512 no Gemma-3-270M input carries over 2%
-(`benchmarks/activation_outliers.py`)."""
-
-
-class _Stop(Exception):
-    """Raised inside a forward to end it early once the needed inputs are seen."""
+__all__ = ["CONCENTRATED_SHARE", "LinearReport", "QuantSummary", "Resume", "capture_inputs", "concentrated",
+           "quantize_model"]
 
 
 @dataclass
-class LinearReport:
-    name: str
-    shape: tuple[int, int]
-    rel_error: float
-    solve_seconds: float
-    input_scale: float | None
-    top_token_share: float | None = None  # of tr(H), top 0.1% of tokens; None without calibration
+class Resume:
+    """Where an earlier, interrupted run stopped: the first layer still to do, its inputs, the report rows."""
 
-
-@dataclass
-class QuantSummary:
-    """What a quantization run did: one row per quantized Linear, totals and memory."""
-
-    method: str
-    linears: list[LinearReport] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    peak_rss_mb: float = 0.0
-    peak_device_mb: float | None = None
-    calib_tokens: int = 0
-    data_free: bool = False  # no calibration pass (RTN weights, no static activation scales)
-
-    @property
-    def mean_rel_error(self) -> float:
-        errs = [r.rel_error for r in self.linears]
-        return sum(errs) / len(errs) if errs else float("nan")
-
-    def concentrated(self, threshold: float = CONCENTRATED_SHARE) -> list[LinearReport]:
-        """The Linears whose Hessian the top 0.1% of calibration tokens dominate (`concentrated`'s rule)."""
-        shares = {r.name: r.top_token_share for r in self.linears if r.top_token_share is not None}
-        flagged = concentrated(shares, threshold)
-        return [r for r in self.linears if r.name in flagged]
-
-    def top_token_shares(self) -> dict[str, float]:
-        """{Linear name: top-0.1%-token share of tr(H)} for every calibrated Linear (stored in checkpoints)."""
-        return {r.name: round(r.top_token_share, 4) for r in self.linears if r.top_token_share is not None}
-
-
-def concentrated(shares: dict[str, float] | None, threshold: float = CONCENTRATED_SHARE) -> dict[str, float]:
-    """The entries of a {Linear name: top-token share} map above `threshold` (`QuantSummary.concentrated`'s rule)."""
-    return {name: share for name, share in (shares or {}).items() if share > threshold}
-
-
-class _LayerRecorder(nn.Module):
-    """Stands in for decoder layer i during input capture: records its kwargs (and layer 0's input)."""
-
-    def __init__(self, index: int, last: bool, sink: dict) -> None:
-        super().__init__()
-        self.index, self.last, self.sink = index, last, sink
-
-    def forward(self, hidden_states, *args, **kwargs):
-        if self.index == 0:
-            self.sink["hidden"].append(hidden_states.detach().cpu())
-        kwargs.pop("past_key_values", None)
-        kwargs.pop("past_key_value", None)
-        kwargs["use_cache"] = False
-        self.sink["kwargs"][-1][self.index] = kwargs
-        if self.last:
-            raise _Stop
-        return hidden_states
+    start: int
+    hidden: list[torch.Tensor] | None
+    rows: dict
 
 
 class _ReplayedAttention(nn.Module):
@@ -123,72 +69,6 @@ class _ReplayedAttention(nn.Module):
         return self.out_proj(self.inputs[self.batch].to(self.device)), None
 
 
-def _to(obj, device):
-    if torch.is_tensor(obj):
-        return obj.to(device)
-    if isinstance(obj, tuple):
-        return tuple(_to(o, device) for o in obj)
-    if isinstance(obj, list):
-        return [_to(o, device) for o in obj]
-    if isinstance(obj, dict):
-        return {k: _to(v, device) for k, v in obj.items()}
-    return obj
-
-
-def capture_inputs(model, spec: ArchSpec, calib: torch.Tensor, batch_size: int, device: torch.device):
-    """Inputs of decoder layer 0 and the keyword arguments each layer receives.
-
-    calib: [S, T] token ids. Returns (hidden, kwargs): hidden is a list of
-    [b, T, H] CPU tensors (one per batch), kwargs[b][i] the kwargs of layer i
-    for batch b (masks and position embeddings differ per layer in Gemma 3).
-    """
-    layers = get_submodule(model, spec.layers)
-    base = get_submodule(model, spec.layers.rpartition(".")[0])
-    originals = list(layers)
-    sink: dict = {"hidden": [], "kwargs": []}
-    for i in range(len(layers)):
-        layers[i] = _LayerRecorder(i, i == len(originals) - 1, sink)
-    moved = [m for m in base.children() if not isinstance(m, nn.ModuleList)]
-    try:
-        for m in moved:
-            m.to(device)
-        with torch.no_grad():
-            for start in range(0, calib.shape[0], batch_size):
-                sink["kwargs"].append({})
-                try:
-                    base(input_ids=calib[start : start + batch_size].to(device), use_cache=False)
-                except _Stop:
-                    pass
-    finally:
-        for i, layer in enumerate(originals):
-            layers[i] = layer
-        for m in moved:
-            m.to("cpu")
-    kwargs = [{i: _to(kw, "cpu") for i, kw in per_batch.items()} for per_batch in sink["kwargs"]]
-    return sink["hidden"], kwargs
-
-
-def _matches(name: str, patterns: tuple[str, ...]) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) or p in name.split(".") for p in patterns)
-
-
-def _run_layer(layer, hidden, kwargs, index, device, stop_ok=False, replay=None):
-    outs = []
-    with torch.no_grad():
-        for b, x in enumerate(hidden):
-            if replay is not None:
-                replay.batch = b
-            try:
-                y = layer(x.to(device), **_to(kwargs[b][index], device))
-            except _Stop:
-                if not stop_ok:
-                    raise
-                continue
-            y = y[0] if isinstance(y, tuple) else y
-            outs.append(y.detach().cpu())
-    return outs
-
-
 def _hessian_tokens(x: torch.Tensor, skip_first: int) -> torch.Tensor:
     """The tokens of a Linear's input x [B, T, K] that enter its Hessian: x[:, skip_first:] [B, T - skip_first, K]."""
     if skip_first == 0:
@@ -199,7 +79,7 @@ def _hessian_tokens(x: torch.Tensor, skip_first: int) -> torch.Tensor:
     return x[:, skip_first:]
 
 
-def _quantize_group(layer, names, hidden, kwargs, index, prefix, config, device, summary, replay=None,
+def _quantize_group(layer, names, hidden, kwargs, index, prefix, config, device, summary, clock, replay=None,
                     record=None):
     """Collect the Hessian and input range of one set of Linears, solve, swap in W4A8 modules.
 
@@ -211,7 +91,8 @@ def _quantize_group(layer, names, hidden, kwargs, index, prefix, config, device,
     mods = {n: get_submodule(layer, n) for n in names}
     first = names[0]
     k = mods[first].in_features
-    hess = HessianAccumulator(k, name=f"{prefix}.{'/'.join(names)}", device=device)
+    hess = HessianAccumulator(k, name=f"{prefix}.{'/'.join(names)}", device=device,
+                              lazy=config.solver.algorithm == "rtn")
     obs = ActObserver(config.act, config.calib.seed)
     seen: set[str] = set()
     static_act = config.activations_fp8 and config.target == "paper"  # vllm-w4afp8: per-token at run time
@@ -220,72 +101,88 @@ def _quantize_group(layer, names, hidden, kwargs, index, prefix, config, device,
         def fn(_mod, inputs, _out):
             if name == first:
                 x = inputs[0].detach()
-                hess.add(_hessian_tokens(x, config.calib.skip_first))
+                with clock("hessian"):
+                    hess.add(_hessian_tokens(x, config.calib.skip_first))
+                    if static_act:
+                        obs.observe(x)
                 if record is not None:
                     record.append(x.cpu())
-                if static_act:
-                    obs.observe(x)
             seen.add(name)
             if seen == set(names):
                 seen.clear()
-                raise _Stop
+                raise Stop
 
         return fn
 
     handles = [m.register_forward_hook(hook(n)) for n, m in mods.items()]
     try:
-        _run_layer(layer, hidden, kwargs, index, device, stop_ok=True, replay=replay)
+        with clock("forward"):
+            run_layer(layer, hidden, kwargs, index, device, stop_ok=True, replay=replay)
     finally:
         for h in handles:
             h.remove()
-    h = hess.hessian()
+    x = hess.inputs  # [n, K] when n < K: the output error is then cheaper from the tokens than from H
+    h = hess.hessian() if x is None or config.solver.algorithm != "rtn" else None
     share = hess.top_token_share()
     s_x = obs.scale(config.fp8.fp8_max) if static_act else None
     for n, m in mods.items():
         full = f"{prefix}.{n}"
         w = m.weight.detach().to(device=device, dtype=torch.float32)
-        qw = solve(w, h, config, name=full)
-        bias = None if m.bias is None else m.bias.detach()
-        q = W4A8Linear.from_quantized(qw, bias, config.weight.scale_dtype, config.target)
-        if s_x is not None:
-            q.set_input_scale(s_x)
-        set_submodule(layer, n, q.to(device))
-        err = relative_output_error(w, qw, h)
+        with clock("solve"):
+            qw = solve(w, h, config, name=full)
+            bias = None if m.bias is None else m.bias.detach()
+            q = W4A8Linear.from_quantized(qw, bias, config.weight.scale_dtype, config.target)
+            if s_x is not None:
+                q.set_input_scale(s_x)
+            set_submodule(layer, n, q.to(device))
+        with clock("error"):
+            err = relative_output_error(w, qw, x if x is not None else h, rows=ERROR_ROWS)
         summary.linears.append(LinearReport(full, tuple(w.shape), err, qw.solve_seconds, s_x, share))
 
 
-def _quantize_layer(layer, spec: ArchSpec, hidden, kwargs, i, prefix, config, device, summary,
+def _quantize_layer(layer, spec: ArchSpec, hidden, kwargs, i, prefix, config, device, summary, clock, store,
                     replay_attention: bool = True):
     """Quantize one decoder layer's Linears set by set; returns its outputs (the next layer's inputs)."""
     replay, attention = None, None
     try:
         for names in spec.sequence:
-            todo = [n for n in names if not _matches(f"{prefix}.{n}", config.ignore)]
+            todo = [n for n in names if not is_ignored(f"{prefix}.{n}", config.ignore)]
             summary.skipped += [f"{prefix}.{n}" for n in names if n not in todo]
             if not todo:
                 continue
             wanted = replay_attention and replay is None and spec.attention and todo == [spec.attention_output]
-            record = [] if wanted else None
-            _quantize_group(layer, todo, hidden, kwargs, i, prefix, config, device, summary, replay, record)
+            record = store.new_list() if wanted else None
+            _quantize_group(layer, todo, hidden, kwargs, i, prefix, config, device, summary, clock, replay, record)
             if record is not None and len(record) == len(hidden):
                 attention = get_submodule(layer, spec.attention)
                 replay = _ReplayedAttention(get_submodule(layer, spec.attention_output), record, device)
                 set_submodule(layer, spec.attention, replay)
-        return _run_layer(layer, hidden, kwargs, i, device, replay=replay)
+        with clock("forward"):
+            return run_layer(layer, hidden, kwargs, i, device, replay=replay, outs=store.new_list())
     finally:
         if attention is not None:
             set_submodule(layer, spec.attention, attention)
+        if replay is not None:
+            store.release(replay.inputs)
 
 
 def quantize_model(
     model, calib: torch.Tensor, config: QuantConfig, device: str | torch.device = "cpu",
-    batch_size: int = 8, progress: bool = True, replay_attention: bool = True,
+    batch_size: int = 8, progress: bool = True, replay_attention: bool = True, *,
+    source=None, sink=None, resume: Resume | None = None, clock: PhaseClock | None = None,
+    store: ActivationStore | None = None,
 ) -> QuantSummary:
     """Quantize every decoder Linear of `model` in place; returns the run's summary.
 
     calib: [S, T] token ids (see dpq.io.data.calibration_batches).
     replay_attention: replay the recorded attention outputs in the passes after the attention
         output Linear (see the module doc); False recomputes attention every pass (same result).
+    source: materialize(prefix) / release(prefix) of submodules whose weights are not in memory
+        (dpq.models.source); None: the model is fully in memory.
+    sink: layer_done(index, prefix, layer, next_inputs, summary), called after each layer (the
+        checkpoint writer); with a source, each layer is released once the sink has it.
+    resume: start at `resume.start` with the inputs and report rows an earlier run kept.
+    store: where calibration activations live (dpq.models.activations); default: in memory.
     """
     if calib.dim() != 2 or calib.numel() == 0:
         raise ValueError(f"calibration ids must be a non-empty [samples, tokens] tensor, got {tuple(calib.shape)}")
@@ -296,54 +193,110 @@ def quantize_model(
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for but no CUDA GPU is available: use --device cpu")
     spec = spec_for(model.config)
-    torch.manual_seed(config.calib.seed)
+    clock = clock or PhaseClock()
+    store = store or ActivationStore()
     t0 = time.time()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    summary = QuantSummary(config.method, calib_tokens=calib.numel())
-    model.to("cpu")
+    if source is None:
+        model.to("cpu")
     layers = get_submodule(model, spec.layers)
+    summary = QuantSummary(config.method, calib_tokens=calib.numel(), layers=len(layers))
+    start = 0
+    if resume is not None:
+        summary.restore_rows(resume.rows)
+        start = summary.resumed_at = resume.start
     if config.solver.algorithm == "rtn" and not (config.activations_fp8 and config.target == "paper"):
-        _quantize_data_free(layers, spec, config, device, summary, progress)
-        return _finish(summary, t0, device)
-    hidden, kwargs = capture_inputs(model, spec, calib, batch_size, device)
-    bar = tqdm(range(len(layers)), desc=f"dpq {config.method}", unit="layer", disable=not progress)
-    for i in bar:
+        _quantize_data_free(layers, spec, config, device, summary, progress, clock, source, sink, start)
+        return _finish(summary, t0, device, clock)
+    hidden, kwargs = _capture(model, spec, calib, batch_size, device, clock, source, sink is not None, store)
+    if resume is not None and start > 0:
+        store.release(hidden)
+        hidden = resume.hidden
+    for i in _progress(range(start, len(layers)), config, progress, start, len(layers)):
         prefix = f"{spec.layers}.{i}"
-        layer = layers[i].to(device)
-        hidden = _quantize_layer(layer, spec, hidden, kwargs, i, prefix, config, device, summary, replay_attention)
+        layer = _load_layer(layers, i, prefix, device, clock, source)
+        outputs = _quantize_layer(layer, spec, hidden, kwargs, i, prefix, config, device, summary, clock, store,
+                                  replay_attention)
+        store.release(hidden)
+        hidden = outputs
         layers[i] = layer.to("cpu")
-        last = summary.linears[-1] if summary.linears else None
-        if last is not None:
-            bar.set_postfix(err=f"{last.rel_error:.4f}")
-    return _finish(summary, t0, device)
+        _layer_done(i, prefix, layers[i], hidden, summary, clock, source, sink)
+    return _finish(summary, t0, device, clock)
 
 
-def _quantize_data_free(layers, spec: ArchSpec, config: QuantConfig, device, summary, progress) -> None:
+def _capture(model, spec, calib, batch_size, device, clock, source, release: bool, store):
+    """capture_inputs, with the decoder's non-layer modules (embeddings, norms, rotary tables) materialized
+    first and, when layers are streamed to a sink, released afterwards."""
+    base = decoder_base(model, spec)
+    prefix = spec.layers.rpartition(".")[0]
+    around = [f"{prefix}.{n}" for n, m in base.named_children() if not isinstance(m, nn.ModuleList)]
+    if source is not None:
+        with clock("load"):
+            for p in around:
+                source.materialize(p)
+    with clock("forward"):
+        hidden, kwargs = capture_inputs(model, spec, calib, batch_size, device, store.new_list)
+    if source is not None and release:
+        for p in around:
+            source.release(p)
+    return hidden, kwargs
+
+
+def _progress(indices, config, progress: bool, start: int, total: int):
+    desc = f"dpq {config.method}" + (f" (resumed at layer {start}/{total})" if start else "")
+    return tqdm(indices, desc=desc, unit="layer", disable=not progress, initial=start, total=total)
+
+
+def _load_layer(layers, i, prefix, device, clock, source):
+    if source is not None:
+        with clock("load"):
+            source.materialize(prefix)
+    return layers[i].to(device)
+
+
+def _layer_done(i, prefix, layer, hidden, summary, clock, source, sink) -> None:
+    if sink is None:
+        return
+    with clock("save"):
+        sink.layer_done(i, prefix, layer, hidden, summary)
+    if source is not None:
+        source.release(prefix)
+
+
+def _quantize_data_free(layers, spec: ArchSpec, config: QuantConfig, device, summary, progress, clock,
+                        source=None, sink=None, start: int = 0) -> None:
     """Round-to-nearest weights with no activation scales need no calibration pass.
 
     The reported error is then the weight error ||W - W_q|| / ||W|| (the output error for
     white inputs, H = I), since no inputs were seen.
     """
-    for i in tqdm(range(len(layers)), desc=f"dpq {config.method}", unit="layer", disable=not progress):
+    for i in _progress(range(start, len(layers)), config, progress, start, len(layers)):
         prefix = f"{spec.layers}.{i}"
+        if source is not None:
+            with clock("load"):
+                source.materialize(prefix)
         for name in spec.linears:
-            if _matches(f"{prefix}.{name}", config.ignore):
+            if is_ignored(f"{prefix}.{name}", config.ignore):
                 summary.skipped.append(f"{prefix}.{name}")
                 continue
             m = get_submodule(layers[i], name)
             w = m.weight.detach().to(device=device, dtype=torch.float32)
-            qw = solve(w, None, config, name=f"{prefix}.{name}")
-            bias = None if m.bias is None else m.bias.detach()
-            q = W4A8Linear.from_quantized(qw, bias, config.weight.scale_dtype, config.target)
-            set_submodule(layers[i], name, q.to("cpu"))
-            err = float(torch.linalg.norm(w - qw.weight().to(w.device)) / torch.linalg.norm(w))
+            with clock("solve"):
+                qw = solve(w, None, config, name=f"{prefix}.{name}")
+                bias = None if m.bias is None else m.bias.detach()
+                q = W4A8Linear.from_quantized(qw, bias, config.weight.scale_dtype, config.target)
+                set_submodule(layers[i], name, q.to("cpu"))
+            with clock("error"):
+                err = relative_weight_error(w, qw, rows=ERROR_ROWS)
             summary.linears.append(LinearReport(f"{prefix}.{name}", tuple(w.shape), err, qw.solve_seconds, None))
+        _layer_done(i, prefix, layers[i], None, summary, clock, source, sink)
     summary.data_free = True
 
 
-def _finish(summary: QuantSummary, t0: float, device) -> QuantSummary:
+def _finish(summary: QuantSummary, t0: float, device, clock: PhaseClock) -> QuantSummary:
     summary.seconds = time.time() - t0
+    summary.phases = clock.as_dict()
     summary.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device.type == "cuda":
         summary.peak_device_mb = torch.cuda.max_memory_allocated(device) / 2**20

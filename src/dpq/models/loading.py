@@ -99,14 +99,32 @@ def load_tokenizer(src: ModelSource):
     return AutoTokenizer.from_pretrained(src.path, gguf_file=src.gguf_file)
 
 
-def load_float_model(model: str | None = None, dtype: torch.dtype = torch.float32, device: str = "cpu"):
-    """(model, tokenizer, source) for a float model; GGUF weights are dequantized."""
+def _check_loading_info(info: dict, where: str) -> None:
+    """A weight the files lack (left randomly initialised) or do not fit is an error naming it."""
+    for kind, what in (("missing_keys", "has no tensor"), ("mismatched_keys", "has a tensor of the wrong shape:"),
+                       ("unexpected_keys", "holds a tensor the architecture does not have:")):
+        keys = sorted(k if isinstance(k, str) else k[0] for k in info.get(kind) or ())
+        if keys:
+            more = f" ({len(keys)} in all)" if len(keys) > 1 else ""
+            raise ModelLoadError(f"{where} {what} {keys[0]}{more}: the model files are incomplete or not this "
+                                 "model's; re-download or re-save the model")
+
+
+def load_float_model(model: str | None = None, dtype: torch.dtype | str = torch.float32, device: str = "cpu"):
+    """(model, tokenizer, source) for a float model; GGUF weights are dequantized.
+
+    dtype: a torch dtype, or "auto" for the checkpoint's own. A weight missing from the files (which
+    transformers would leave randomly initialised), of the wrong shape, or unknown to the
+    architecture is an error naming it.
+    """
     from transformers import AutoModelForCausalLM  # noqa: PLC0415
 
     src = resolve(model)
     try:
         tok = load_tokenizer(src)
-        m = AutoModelForCausalLM.from_pretrained(src.path, gguf_file=src.gguf_file, dtype=dtype)
+        m, info = AutoModelForCausalLM.from_pretrained(src.path, gguf_file=src.gguf_file, dtype=dtype,
+                                                       output_loading_info=True)
+        _check_loading_info(info, str(Path(src.path) / src.gguf_file) if src.gguf_file else src.path)
     except OSError as e:
         raise ModelLoadError(
             f"could not load {model!r}: {e}. Give a local directory, a .gguf file, a hub name "

@@ -7,6 +7,7 @@ and its Linears in execution order, grouped by the input they share.
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass
 
 ATTN_QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
@@ -86,3 +87,9 @@ def set_submodule(root, path: str, module) -> None:
     parent_path, _, leaf = path.rpartition(".")
     parent = get_submodule(root, parent_path) if parent_path else root
     setattr(parent, leaf, module)
+
+
+def is_ignored(name: str, patterns) -> bool:
+    """A module name matches one of the `--ignore` patterns: a glob on the full name, or one of its dotted
+    components (so `down_proj` ignores every `...mlp.down_proj`)."""
+    return any(fnmatch.fnmatchcase(name, p) or p in name.split(".") for p in patterns)
