@@ -38,6 +38,10 @@ class SourceError(ModelLoadError):
     """The source's weights do not match its architecture; the message names the tensor."""
 
 
+class RenamedLayout(SourceError):
+    """The checkpoint's tensor names are not the model's (transformers renames them on load): load in memory."""
+
+
 def resolve_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
     """torch dtype for a `--dtype` value; None means "auto"."""
     if name is None or isinstance(name, torch.dtype):
@@ -161,6 +165,9 @@ class SafetensorsSource(Source):
         dtype = resolve_dtype(dtype_name) or self._own_dtype()
         config = AutoConfig.from_pretrained(d)
         model = meta_model(config, dtype)
+        expected = set(model.state_dict())
+        if len(expected & set(self.where)) < len(expected) / 2:
+            raise RenamedLayout(f"{d}: the checkpoint names its tensors differently from the model")
         super().__init__(model, load_tokenizer(origin), origin, dtype, streaming=True, protected=(str(d.resolve()),))
         check_keys(model, set(self.where), str(d))
 
@@ -258,7 +265,10 @@ def open_source(model: str | None, dtype: str | torch.dtype | None = "auto") -> 
     """
     origin = resolve(model)
     if streamable(origin):
-        return SafetensorsSource(origin, dtype)
+        try:
+            return SafetensorsSource(origin, dtype)
+        except RenamedLayout:
+            pass  # e.g. a multimodal checkpoint whose names transformers converts: load it in memory
     from dpq.models.loading import load_float_model  # noqa: PLC0415
 
     want = resolve_dtype(dtype) or (torch.float32 if origin.gguf_file is not None else "auto")
