@@ -25,7 +25,6 @@ from dpq.eval.report import paired_average_difference
 HERE = Path(__file__).parent
 TASKS = ["piqa", "arc_easy", "arc_challenge", "boolq", "openbookqa", "winogrande", "lambada", "hellaswag"]
 ORDER = ["bf16", "rtn-w4a16", "gptq-w4a16", "rtn-w4a8", "naive-w4a8", "dpq", "dpq-gar"]
-W4A8 = ["rtn-w4a8", "naive-w4a8", "dpq", "dpq-gar"]
 MODELS = {"gemma3-270m": "Gemma-3-270M", "smollm2-135m": "SmolLM2-135M"}
 
 
@@ -39,7 +38,8 @@ def table(head: list[str], rows: list[list]) -> str:
 
 
 def grid(model: str, f: int, kind: str) -> dict:
-    return load(f"{'method-comparison' if 'ppl' in kind else 'zero-shot-tasks'}/{model}_g128_f{f}_{kind}.json")["results"]
+    folder = "method-comparison" if "ppl" in kind else "zero-shot-tasks"
+    return load(f"{folder}/{model}_g128_f{f}_{kind}.json")["results"]
 
 
 def inc(x: float, base: float) -> str:
@@ -91,7 +91,8 @@ def lambada_table() -> str:
     for m in [m for m in ORDER if m in res]:
         t = res[m]["tasks"]["lambada"]
         p = paired_average_difference(res["bf16"], res[m]) if m != "bf16" else None
-        rows.append([m, f"{100 * t['acc']:.1f}", "" if p is None else f"{100 * p['delta']:+.1f} +/- {100 * p['stderr']:.1f}",
+        change = "" if p is None else f"{100 * p['delta']:+.1f} +/- {100 * p['stderr']:.1f}"
+        rows.append([m, f"{100 * t['acc']:.1f}", change,
                      f"{t['perplexity']:.2f}"])
     return table(["method", "LAMBADA acc % (200)", "change (paired)", "LAMBADA ppl"], rows)
 
@@ -131,7 +132,8 @@ def diagnose_table(name: str, variants=None) -> str:
         label = DIAG_LABELS.get(v, v.replace("float-layers:", "decoder layer ") if v.startswith("float-layers:") else v)
         row = [label, acc]
         if with_ppl:
-            row.append(f"{t['perplexity']:.3f}" + ("" if v == "float" else f" ({t['perplexity'] - base['perplexity']:+.3f})"))
+            change = "" if v == "float" else f" ({t['perplexity'] - base['perplexity']:+.3f})"
+            row.append(f"{t['perplexity']:.3f}" + change)
         rows.append(row)
     return table(["put back to float / variant", "LAMBADA acc %"] + (["LAMBADA ppl"] if with_ppl else []), rows)
 
@@ -171,7 +173,8 @@ def seeds_table(model: str) -> str:
     rows = []
     for m in ("naive-w4a8", "dpq", "dpq-gar"):
         x = d["metrics"][m]["wikitext2_ppl"]
-        rows.append([m] + [f"{x['values'][str(s)]:.3f}" for s in d["seeds"]] + [f"{x['mean']:.3f}", f"{x['spread']:.3f}"])
+        per_seed = [f"{x['values'][str(s)]:.3f}" for s in d["seeds"]]
+        rows.append([m] + per_seed + [f"{x['mean']:.3f}", f"{x['spread']:.3f}"])
     return table(["method (F = 240)"] + [f"seed {s}" for s in d["seeds"]] + ["mean", "spread (max - min)"], rows)
 
 
@@ -227,7 +230,8 @@ TABLES = {
     "lambada_smollm2": lambda: lambada_table(),
     "mmlu": lambda: mmlu_table(),
     "diagnose_gemma_split": lambda: diagnose_table("gemma3-270m_dpq-gar_f448_lambada_split"),
-    "diagnose_gemma_kinds": lambda: diagnose_table("gemma3-270m_dpq-gar_f448_lambada_layers", ("float", "w4a8", "float-kind:")),
+    "diagnose_gemma_kinds": lambda: diagnose_table("gemma3-270m_dpq-gar_f448_lambada_layers",
+                                                   ("float", "w4a8", "float-kind:")),
     "diagnose_gemma_layers": lambda: diagnose_table("gemma3-270m_dpq-gar_f448_lambada_layers", ("float-layers:",)),
     "diagnose_smollm2_split": lambda: diagnose_table("smollm2-135m_dpq-gar_f448_lambada_split"),
     "outliers": lambda: outliers_table(),
