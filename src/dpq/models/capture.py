@@ -22,7 +22,7 @@ class _LayerRecorder(nn.Module):
 
     def forward(self, hidden_states, *args, **kwargs):
         if self.index == 0:
-            self.sink["hidden"].append(hidden_states.detach().cpu())
+            self.sink["hidden"].append(to_host(hidden_states))
         kwargs.pop("past_key_values", None)
         kwargs.pop("past_key_value", None)
         kwargs["use_cache"] = False
@@ -30,6 +30,16 @@ class _LayerRecorder(nn.Module):
         if self.last:
             raise Stop
         return hidden_states
+
+
+def to_host(y: torch.Tensor) -> torch.Tensor:
+    """A layer's output moved to the CPU; in pinned memory when it comes from a GPU, so that the next
+    layer's pass streams it back with an asynchronous copy."""
+    y = y.detach()
+    if y.device.type != "cuda":
+        return y.cpu()
+    out = torch.empty(y.shape, dtype=y.dtype, pin_memory=True)
+    return out.copy_(y)
 
 
 def to_device(obj, device):
@@ -96,11 +106,11 @@ def run_layer(layer, hidden, kwargs, index, device, stop_ok=False, replay=None, 
             if replay is not None:
                 replay.batch = b
             try:
-                y = layer(x.to(device), **to_device(kwargs[b][index], device))
+                y = layer(x.to(device, non_blocking=x.is_pinned()), **to_device(kwargs[b][index], device))
             except Stop:
                 if not stop_ok:
                     raise
                 continue
             y = y[0] if isinstance(y, tuple) else y
-            outs.append(y.detach().cpu())
+            outs.append(to_host(y))
     return outs
