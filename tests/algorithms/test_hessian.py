@@ -103,3 +103,29 @@ def test_top_token_share_bad_inputs():
     zeros = HessianAccumulator(8)
     zeros.add(torch.zeros(5, 8))
     assert zeros.top_token_share() == 0.0
+
+
+def test_lazy_accumulation_is_the_same_hessian_bit_for_bit():
+    x = torch.randn(5, 9, 16)
+    eager, lazy = HessianAccumulator(16), HessianAccumulator(16, lazy=True)
+    for b in x:  # 45 tokens in batches of 9: lazy keeps them until the 2nd batch passes K = 16
+        eager.add(b)
+        lazy.add(b)
+    assert torch.equal(eager.hessian(), lazy.hessian()) and lazy.n == eager.n == 45
+    few = HessianAccumulator(16, lazy=True)
+    few.add(x[0])  # 9 < K tokens: nothing accumulated yet, the tokens are kept
+    assert few.h is None and torch.equal(few.inputs, x[0])
+    one = HessianAccumulator(16)
+    one.add(x[0])
+    assert torch.equal(few.hessian(), one.hessian())
+
+
+def test_inputs_are_kept_only_below_k_tokens_and_take_hands_h_over():
+    acc = HessianAccumulator(8)
+    acc.add(torch.randn(5, 8))
+    assert acc.inputs.shape == (5, 8)
+    acc.add(torch.randn(5, 8))  # 10 >= K: the tokens are dropped, H stays
+    assert acc.inputs is None
+    h = acc.hessian()
+    taken = acc.take()
+    assert torch.equal(h, taken) and acc.h is None

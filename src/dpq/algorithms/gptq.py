@@ -100,12 +100,13 @@ def gptq_solve(w: torch.Tensor, h: torch.Tensor, config: QuantConfig, name: str 
 
     # 3. Visit order (GAR / act-order / sequential), applied to W's columns and to H.
     perm = column_order(torch.diag(h), k, g, spec.gar, spec.act_order)
-    w, h = w[:, perm].contiguous(), h[perm][:, perm]
+    w, h = w[:, perm].contiguous(), h[perm[:, None], perm[None, :]]  # one [K, K] copy, not two
     gid = (perm // g).tolist()  # group of each visited column
     run_end = _run_ends(gid)
 
     # 4. Upper Cholesky factor of H^-1 (retries with more damping).
     u = inverse_cholesky(h, name)
+    del h  # the solver's largest temporaries are [K, K]: keep as few alive as possible
 
     q_all = torch.zeros_like(w)
     losses = torch.zeros(n, dtype=SOLVER_DTYPE, device=w.device)

@@ -114,6 +114,13 @@ class HessianAccumulator:
             return h
         return self.h.clone()
 
+    def take(self) -> torch.Tensor:
+        """H [K, K] without a copy (saves K^2 floats at solve time); the accumulator is spent afterwards."""
+        h = self.hessian() if self.h is None or self.n == 0 else self.h
+        self.h = None
+        self._kept = None
+        return h
+
     def top_token_share(self, fraction: float = TOP_TOKEN_FRACTION) -> float:
         """Share of tr(H) carried by the top `fraction` of tokens (at least one) by ||x||^2.
 
@@ -168,12 +175,17 @@ def inverse_cholesky(h: torch.Tensor, name: str = "", retries: int = CHOLESKY_RE
     mean_diag = torch.mean(torch.diag(h)).item()
     extra = 0.0
     for attempt in range(retries + 1):
-        hd = h.clone()
-        hd[idx, idx] += extra * mean_diag
+        hd = h
+        if extra:
+            hd = h.clone()
+            hd[idx, idx] += extra * mean_diag
         lower, info = torch.linalg.cholesky_ex(hd)
+        del hd
         if info.item() == 0:
             hinv = torch.cholesky_inverse(lower)
+            del lower  # at most three [K, K] matrices alive at once
             upper, info = torch.linalg.cholesky_ex(hinv, upper=True)
+            del hinv
             if info.item() == 0 and torch.isfinite(upper).all():
                 return upper
         extra = 0.01 if attempt == 0 else extra * 10

@@ -122,7 +122,7 @@ def _quantize_group(layer, names, hidden, kwargs, index, prefix, config, device,
         for h in handles:
             h.remove()
     x = hess.inputs  # [n, K] when n < K: the output error is then cheaper from the tokens than from H
-    h = hess.hessian() if x is None or config.solver.algorithm != "rtn" else None
+    h = hess.take() if x is None or config.solver.algorithm != "rtn" else None
     share = hess.top_token_share()
     s_x = obs.scale(config.fp8.fp8_max) if static_act else None
     for n, m in mods.items():
