@@ -88,7 +88,7 @@ def ceilings(device, timer) -> dict:
 
 def make_sets(m, n, k, device, l2_bytes):
     """Random checkpoint-layout weights and inputs; enough copies that one pass exceeds 2x L2."""
-    from dpq.kernels.triton_w4a8 import repack_for_kernel  # noqa: F401  (layout made below the same way)
+    from dpq.kernels.triton_linear import repack_for_kernel  # noqa: F401  (layout made below the same way)
 
     g = GROUP
     groups = math.ceil(k / g)
