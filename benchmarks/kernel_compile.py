@@ -7,6 +7,7 @@ from it, with the reason measured here. No GPU needed; runs on the CPU with the 
 triton wheel.
 
     python benchmarks/kernel_compile.py --with-pruned --out benchmarks/results/kernel-compile
+    PYTHONPATH=/path/to/triton-3.6:src python benchmarks/kernel_compile.py --tag triton3.6   # another Triton
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def parse_args(argv=None):
     p.add_argument("--out", default="benchmarks/results/kernel-compile", help="folder for compile.json and compile.md")
     p.add_argument("--with-pruned", action="store_true", help="also compile the removed configs, with the reason")
     p.add_argument("--workers", type=int, default=None, help="parallel compiles (default: CPU count)")
+    p.add_argument("--tag", default="", help="suffix of the file names (compile-TAG.json), e.g. triton3.6")
     return p.parse_args(argv)
 
 
@@ -117,12 +119,12 @@ def main(argv=None) -> int:
                 targets=aot.TARGETS, shared_limit=aot.SHARED_LIMIT)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "compile.json").write_text(json.dumps({"meta": meta, "pruned": pruned_reasons(rows), "rows": rows},
-                                                 indent=1))
-    (out / "compile.md").write_text(markdown(rows, meta))
+    stem = f"compile-{args.tag}" if args.tag else "compile"
+    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "pruned": pruned_reasons(rows), "rows": rows}, indent=1))
+    (out / f"{stem}.md").write_text(markdown(rows, meta))
     bad = [r for r in rows if r["label"] != "pruned" and (r["error"] or r["spill_stores"])]
     print(f"{len(rows)} compiles, {meta['wall_s']:.0f} s wall, {meta['cpu_s']:.0f} CPU-s; "
-          f"{len(bad)} kept jobs with an error or spills; wrote {out}/compile.json and compile.md")
+          f"{len(bad)} kept jobs with an error or spills; wrote {out}/{stem}.json and {stem}.md")
     return 0
 
 

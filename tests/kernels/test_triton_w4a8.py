@@ -164,3 +164,24 @@ def test_gpu_llama_shape(m, act_quant):
 
 def test_interpreter_flag_matches_environment():
     assert tk.INTERPRET == (os.environ.get("TRITON_INTERPRET") == "1")
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("m,path", [(1, "fused"), (8, "fused"), (1024, "dequant")])
+def test_gpu_cuda_graph_capture_and_replay(m, path):
+    # Decode runs under CUDA graphs: a captured call (autotuned beforehand) must replay on new inputs
+    # exactly as an eager call computes them (same kernels, same config, fixed split-K order).
+    packed, scales, zeros, s_w, b = make_layer(1024, 4096, 128, False, 448.0, True, seed=13, device="cuda")
+    x, s_x = make_input(m, 4096, 448.0, seed=14)
+    x = x.cuda()
+    args = (packed, scales, zeros, s_w, torch.tensor(s_x, device="cuda"), b, 128, 448.0)
+    tk.w4a8_gemm(x, *args, path=path)  # autotune outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = tk.w4a8_gemm(x, *args, path=path)
+    x2, _ = make_input(m, 4096, 448.0, seed=15)
+    x.copy_(x2.cuda())
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(y, tk.w4a8_gemm(x, *args, path=path))
