@@ -41,7 +41,7 @@ def parse_args(argv=None):
 
 def pruned_jobs() -> list[dict]:
     from dpq.kernels import aot
-    from dpq.kernels.triton_w4a8 import CONFIG_CLASSES, _config
+    from dpq.kernels.tuning import CONFIG_CLASSES, _config
 
     kept = {c for cls in CONFIG_CLASSES.values() for c in cls}
     jobs = []

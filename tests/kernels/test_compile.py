@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("triton", reason="triton is not installed (pip install 'dpq[triton]')")
 
 from dpq.kernels import aot  # noqa: E402
-from dpq.kernels.triton_w4a8 import gpu_configs  # noqa: E402
+from dpq.kernels.tuning import gpu_configs  # noqa: E402
 
 
 UNALIGNED_SPILL = 64

@@ -185,7 +185,7 @@ def gemm_args(m: int, n: int, k: int, split_k: int = 1, **types) -> dict:
 
 
 def _m_bucket(m: int) -> int:
-    from dpq.kernels.triton_w4a8 import m_bucket  # noqa: PLC0415
+    from dpq.kernels.tuning import m_bucket  # noqa: PLC0415
 
     return m_bucket(m)
 
@@ -205,7 +205,7 @@ def _gemm_job(cc, config, label, constexprs, k, types) -> dict:
 def gemm_jobs(targets=TARGETS.values(), combos: bool = True) -> list[dict]:
     """Every autotune config of the GEMM at the BASE constexprs for each target, and with `combos`
     every COMBOS entry on each REPRESENTATIVE config."""
-    from dpq.kernels.triton_w4a8 import _config, block_k_for_group, gpu_configs  # noqa: PLC0415
+    from dpq.kernels.tuning import _config, block_k_for_group, gpu_configs  # noqa: PLC0415
 
     jobs = []
     for cc in targets:

@@ -23,6 +23,11 @@ kernel therefore rounds onto the E4M3 grid in fp32 arithmetic first
 unpacking, masks, split-K, the epilogue - is the same code on both paths. On
 a GPU the cast is the hardware's RNE saturating conversion.
 
+Paths. `w4a8_gemm` runs this file's fused kernel below M = LARGE_M_THRESHOLD and, from there on
+(N, K multiples of 16), the large-M path of triton_dequant.py: the FP8 weight dequantized once per
+call, then torch._scaled_mm (`choose_path`). Configs: CONFIG_CLASSES, checked to compile without
+spills for sm_89/90/100 by tests/kernels/test_compile.py (docs/kernel.md).
+
 W4A16 (fp8_max None) has no Triton path: `w4a8_linear_module` runs the
 reference for such modules (an fp32-exact W4A16 kernel would need IEEE fp32
 dots, slower than the reference's cuBLAS matmul).
@@ -36,6 +41,7 @@ import torch
 import triton
 import triton.language as tl
 
+from dpq.kernels.tuning import _config, choose_split_k, m_bucket, tune_configs
 from dpq.numerics.fp8 import E4M3FN_MAX, FP8_DTYPE, fp8_cast
 from dpq.numerics.int4 import num_groups, resolve_group_size
 
@@ -43,7 +49,6 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 """Read when this module is imported, like triton.jit itself does."""
 ACT_MODES = ("fused", "separate")
 PATHS = ("auto", "fused", "dequant")
-M_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096)
 LARGE_M_THRESHOLD = 1024
 """`choose_path` runs M >= this on the dequantize + torch._scaled_mm path (triton_dequant.py). The
 issue's value, not measured yet: benchmarks/gpu_suite.py times both paths over M on a GPU to set it."""
@@ -177,49 +182,6 @@ def _quantize_kernel(x_ptr, sx_ptr, out_ptr, numel, FP8_MAX: tl.constexpr, EMULA
     tl.store(out_ptr + offs, _fp8_round(tl.math.div_rn(x, tl.load(sx_ptr)), FP8_MAX, EMULATE_FP8), mask=mask)
 
 
-def _config(bm, bn, bk, warps, stages, group_m=8):
-    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group_m},
-                         num_warps=warps, num_stages=stages)
-
-
-CONFIG_CLASSES = {  # M class -> (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)
-    "small": [(16, 32, 128, 4, 4), (16, 64, 128, 8, 3), (16, 64, 128, 8, 4), (16, 128, 128, 8, 3),
-              (16, 32, 256, 4, 3)],
-    "mid": [(32, 64, 128, 4, 4), (32, 128, 128, 8, 3), (64, 64, 128, 4, 3), (64, 128, 128, 8, 3),
-            (64, 128, 128, 8, 4)],
-    "large": [(128, 64, 128, 8, 3), (128, 128, 128, 8, 2), (64, 256, 64, 8, 3)],
-}
-"""The autotune space. Every config compiles for sm_89, sm_90 and sm_100 without register spills
-and within the smallest shared memory of the three (99 KiB on Ada): tests/kernels/test_compile.py
-checks it on every CI run, benchmarks/results/kernel-compile/ holds the measured table. Configs
-that spilled or overflowed Ada's shared memory were pruned (docs/kernel.md lists them). Not
-tuned on a GPU yet: the GPU suite measures the kernel with whichever config the autotuner picks."""
-
-
-def m_class(bucket: int) -> str:
-    """small: M <= 16 (decode, weight-bandwidth bound); mid: M <= 256; large: the rest."""
-    return "small" if bucket <= 16 else "mid" if bucket <= 256 else "large"
-
-
-def block_k_for_group(block_k: int, group_size: int) -> int:
-    """A K tile spanning several whole groups would gather a scale and a zero point per column
-    ([BLOCK_K, BLOCK_N] tiles, staged in shared memory: 147 KiB at 64x128x128 with g = 64, over Ada's
-    99 KiB); such a tile shrinks to one group. An FP8 dot needs K >= 32."""
-    if group_size < block_k and block_k % group_size == 0 and group_size >= 32:
-        return group_size
-    return block_k
-
-
-def tune_configs(bucket: int, group_size: int) -> list[tuple]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) the autotuner tries for an M bucket and group size."""
-    tiles = [(bm, bn, block_k_for_group(bk, group_size), w, s) for bm, bn, bk, w, s in CONFIG_CLASSES[m_class(bucket)]]
-    return list(dict.fromkeys(tiles))
-
-
-def gpu_configs() -> list:
-    return [_config(*c) for cls in CONFIG_CLASSES.values() for c in cls]
-
-
 # Interpreter: one config per bucket class, so autotuning never benchmarks on the CPU.
 _INTERPRET_CONFIGS = [_config(16, 32, 64, 4, 1), _config(32, 32, 64, 4, 1)]
 
@@ -233,28 +195,11 @@ def _prune(configs, named_args, **kwargs):
 
 
 _w4a8_gemm_tuned = triton.autotune(
-    configs=_INTERPRET_CONFIGS if INTERPRET else gpu_configs(),
+    configs=_INTERPRET_CONFIGS if INTERPRET else [_config(*c) for c in tune_configs(None, None)],
     key=["M_BUCKET", "N", "K", "GROUP_SIZE", "SPLIT_K", "X_IS_FP8"],
     prune_configs_by={"early_config_prune": _prune},
     cache_results=not INTERPRET,  # GPU: also keep each key's choice in Triton's on-disk cache
 )(_w4a8_gemm_kernel)
-
-
-def m_bucket(m: int) -> int:
-    """The autotuning bucket of M: the largest of M_BUCKETS not above M."""
-    return max(b for b in M_BUCKETS if b <= max(m, 1))
-
-
-def choose_split_k(m: int, n: int, k: int, device: torch.device) -> int:
-    """Split K for small M when the output tiles alone cannot fill the GPU (heuristic, not tuned)."""
-    if m > 64 or INTERPRET:
-        return 1
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    tiles = triton.cdiv(n, 64)
-    split = 1
-    while split < 8 and tiles * split * 2 <= 2 * sms and k // (split * 2) >= 512:
-        split *= 2
-    return split
 
 
 def _check_device(device: torch.device) -> None:
@@ -383,7 +328,7 @@ def _fused_gemm(x, packed, scales, zeros, sx, sw, bias, g, f, split_k, config, m
     """Launch the fused kernel (and the split-K reduce) on checked inputs: BF16 [M, N]."""
     m, k = x.shape
     n = packed.shape[0]
-    split = split_k or choose_split_k(m, n, k, x.device)
+    split = split_k or (1 if INTERPRET else choose_split_k(m, n, k, x.device))
     out = torch.empty(m, n, dtype=torch.bfloat16, device=x.device)
     target = out if split == 1 else torch.empty(split, m, n, dtype=torch.float32, device=x.device)
     bias_arg = bias if bias is not None else sx  # never read when HAS_BIAS is False
