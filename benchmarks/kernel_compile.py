@@ -110,7 +110,10 @@ def main(argv=None) -> int:
     import triton
 
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    meta = dict(command="python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
+    path = os.environ.get("PYTHONPATH", "")
+    meta = dict(command=(f"PYTHONPATH={path} " if path else "") + "python "
+                + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
+                triton_file=triton.__file__,
                 git_commit=commit or "unknown", triton=f"triton {triton.__version__}", torch=torch.__version__,
                 machine=dict(platform=platform.platform(), cpu_count=os.cpu_count(),
                              device="none: ahead-of-time compile on the CPU"),
