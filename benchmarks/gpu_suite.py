@@ -160,7 +160,10 @@ def gemm(s: Suite) -> dict:
             torch.cuda.empty_cache() if cuda else None
     from gpu_suite_report import suggest_threshold  # noqa: PLC0415
 
-    return {"rows": rows, "skipped_for_time": skipped, "table": G.table(rows),
+    from dpq.kernels.triton_w4a8 import _w4a8_gemm_tuned  # noqa: PLC0415
+
+    chosen = {str(key): str(cfg) for key, cfg in _w4a8_gemm_tuned.cache.items()}  # what autotuning picked
+    return {"rows": rows, "skipped_for_time": skipped, "table": G.table(rows), "autotune_choices": chosen,
             "threshold": suggest_threshold(rows, sweep_ms)}
 
 
@@ -227,6 +230,14 @@ def quantize(s: Suite) -> dict:
             "logits_rel_diff_triton_vs_reference": diff}
 
 
+def _git_commit() -> str:
+    try:  # the GPU machine gets the working tree without .git, and may lack git
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown (pass --commit)"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (pass --commit)"
+
+
 def check_targets(result: dict) -> dict:
     from gpu_suite_report import targets  # noqa: PLC0415
 
@@ -247,8 +258,7 @@ def main(argv=None) -> int:
     from gpu_suite_e2e import e2e  # noqa: PLC0415 - beside this file
 
     s = Suite(args)
-    commit = args.commit or subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                                           text=True).stdout.strip() or "unknown"
+    commit = args.commit or _git_commit()
     s.result["meta"] = dict(
         command="python3 " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
         git_commit=commit, dry_run=args.dry_run, budget_s=args.budget_s,

@@ -175,7 +175,10 @@ def test_gpu_cuda_graph_capture_and_replay(m, path):
     packed, scales, zeros, s_w, b = make_layer(1024, 4096, 128, False, 448.0, True, seed=13, device="cuda")
     x, s_x = make_input(m, 4096, 448.0, seed=14)
     x = x.cuda()
-    args = (packed, scales, zeros, s_w, torch.tensor(s_x, device="cuda"), b, 128, 448.0)
+    # scales as device tensors, as W4A8Linear holds them: a Python float would be copied to the GPU
+    # inside the capture, which CUDA graphs do not allow
+    scale = lambda v: torch.tensor(v, dtype=torch.float32, device="cuda")  # noqa: E731
+    args = (packed, scales, zeros, scale(s_w), scale(s_x), b, 128, 448.0)
     tk.w4a8_gemm(x, *args, path=path)  # autotune outside the capture
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):

@@ -41,7 +41,7 @@ import torch
 import triton
 import triton.language as tl
 
-from dpq.kernels.tuning import _config, choose_split_k, m_bucket, tune_configs
+from dpq.kernels.tuning import _config, choose_split_k, gpu_configs, m_bucket, tune_configs
 from dpq.numerics.fp8 import E4M3FN_MAX, FP8_DTYPE, fp8_cast
 from dpq.numerics.int4 import num_groups, resolve_group_size
 
@@ -195,7 +195,7 @@ def _prune(configs, named_args, **kwargs):
 
 
 _w4a8_gemm_tuned = triton.autotune(
-    configs=_INTERPRET_CONFIGS if INTERPRET else [_config(*c) for c in tune_configs(None, None)],
+    configs=_INTERPRET_CONFIGS if INTERPRET else gpu_configs(),
     key=["M_BUCKET", "N", "K", "GROUP_SIZE", "SPLIT_K", "X_IS_FP8"],
     prune_configs_by={"early_config_prune": _prune},
     cache_results=not INTERPRET,  # GPU: also keep each key's choice in Triton's on-disk cache
