@@ -30,6 +30,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from dpq.kernels.tuning import _config, block_k_for_group, gpu_configs, m_bucket
+
 TARGETS = {"sm_89": 89, "sm_90": 90, "sm_100": 100}
 SHARED_LIMIT = {89: 101376, 90: 232448, 100: 232448}
 """Shared memory a block may use (bytes, the opt-in maximum): 99 KiB on Ada, 227 KiB on Hopper and B200."""
@@ -177,17 +179,11 @@ REPRESENTATIVE = {"small": (16, 64, 128, 8, 3), "mid": (64, 128, 128, 8, 3)}
 def gemm_args(m: int, n: int, k: int, split_k: int = 1, **types) -> dict:
     """w4a8_gemm's launch arguments for an [M, K] x [N, K] call on the repacked (N-contiguous) layout."""
     args = dict(x_ptr="*bf16", w_ptr="*u8", s_ptr="*bf16", z_ptr="*u8", bias_ptr="*bf16", sx_ptr="*fp32",
-                sw_ptr="*fp32", out_ptr="*bf16", M=m, N=n, K=k, M_BUCKET=_m_bucket(m), stride_xm=k, stride_xk=1,
+                sw_ptr="*fp32", out_ptr="*bf16", M=m, N=n, K=k, M_BUCKET=m_bucket(m), stride_xm=k, stride_xk=1,
                 stride_wk=n, stride_wn=1, stride_sg=n, stride_sn=1, stride_zg=n, stride_zn=1,
                 stride_os=m * n if split_k > 1 else 0, stride_om=n, stride_on=1)
     args.update(types)
     return args
-
-
-def _m_bucket(m: int) -> int:
-    from dpq.kernels.tuning import m_bucket  # noqa: PLC0415
-
-    return m_bucket(m)
 
 
 def representative_m(block_m: int) -> int:
@@ -205,8 +201,6 @@ def _gemm_job(cc, config, label, constexprs, k, types) -> dict:
 def gemm_jobs(targets=TARGETS.values(), combos: bool = True) -> list[dict]:
     """Every autotune config of the GEMM at the BASE constexprs for each target, and with `combos`
     every COMBOS entry on each REPRESENTATIVE config."""
-    from dpq.kernels.tuning import _config, block_k_for_group, gpu_configs  # noqa: PLC0415
-
     jobs = []
     for cc in targets:
         jobs += [_gemm_job(cc, cfg, "autotune config", BASE, LLAMA_O[1], {}) for cfg in gpu_configs()]

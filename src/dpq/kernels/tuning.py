@@ -32,7 +32,7 @@ tuned on a GPU yet: the GPU suite measures the kernel with whichever config the 
 
 
 def m_class(bucket: int) -> str:
-    """small: M <= 16 (decode, weight-bandwidth bound); mid: M <= 256; large: the rest."""
+    """small: buckets 1-16, M < 64 (decode, weight-bandwidth bound); mid: M < 1024; large: the rest."""
     return "small" if bucket <= 16 else "mid" if bucket <= 256 else "large"
 
 
