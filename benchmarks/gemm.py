@@ -1,4 +1,9 @@
-"""W4A8 GEMM benchmark: the Triton kernel against BF16, FP8 (_scaled_mm) and W4A16 (_weight_int4pack_mm).
+"""W4A8 GEMM benchmark: the W4A8 paths against BF16, FP8 (_scaled_mm) and W4A16 (_weight_int4pack_mm).
+
+W4A8 paths (`W4A8_VARIANTS`): the fused Triton kernel (activations quantized in its prologue or by
+the separate kernel) and the large-M path (FP8 weight dequantized once, then torch._scaled_mm);
+each row marks with * the path `choose_path` takes at that M, so the table shows where the
+large-M threshold should sit.
 
 Needs a CUDA GPU with FP8 (SM89+). Shapes are the Linears of Llama-3-8B and
 Llama-2-70B (N x K), M tokens in {1 .. 8192}. Times are CUDA-event medians
@@ -88,8 +93,6 @@ def ceilings(device, timer) -> dict:
 
 def make_sets(m, n, k, device, l2_bytes):
     """Random checkpoint-layout weights and inputs; enough copies that one pass exceeds 2x L2."""
-    from dpq.kernels.triton_w4a8 import repack_for_kernel  # noqa: F401  (layout made below the same way)
-
     g = GROUP
     groups = math.ceil(k / g)
     per_set = n * k // 2 + 3 * n * groups + 2 * m * k + 2 * n * k  # w4 + scales/zeros + x + bf16 weight
@@ -135,57 +138,80 @@ def baselines(sets, m, n, k, device):
     return out
 
 
-def ours(sets, layouts: bool):
+W4A8_VARIANTS = {  # name: (w4a8_gemm path, act_quant, checkpoint layout, note)
+    "w4a8_fused": ("fused", "fused", False, "fused kernel, FP8 quantize in its prologue"),
+    "w4a8_separate": ("fused", "separate", False, "fused kernel after the separate quantize kernel"),
+    "w4a8_dequant": ("dequant", "fused", True, "FP8 weight dequantized once, then torch._scaled_mm"),
+    "w4a8_fused_ckpt": ("fused", "fused", True, "fused kernel on the checkpoint layout [N, K/2]"),
+}
+
+
+def default_variants(m: int, layouts: bool = False) -> set:
+    """The W4A8 variants worth timing at M: the dequantize path only from M = 64 (below it rebuilds
+    the whole weight for a few rows); the separate quantize kernel only below the large-M rule."""
+    from dpq.kernels.triton_w4a8 import LARGE_M_THRESHOLD
+
+    out = {"w4a8_fused"} | ({"w4a8_dequant"} if m >= 64 else set())
+    out |= {"w4a8_separate"} if m < LARGE_M_THRESHOLD else set()
+    return out | ({"w4a8_fused_ckpt"} if layouts else set())
+
+
+def _run(s, variant):
     from dpq.kernels.triton_w4a8 import w4a8_gemm
 
-    def run(i, mode, tkey):
-        s = sets[i]
-        p, sc, z = (s["packed_t"], s["scales_t"], s["zeros_t"]) if tkey else (s["packed"], s["scales"], s["zeros"])
-        return w4a8_gemm(s["x"], p, sc, z, 1.0, 0.05, None, GROUP, F, act_quant=mode)
-
-    out = {"w4a8_fused": (lambda i: run(i, "fused", True), "repacked layout, FP8 quantize in prologue"),
-           "w4a8_separate": (lambda i: run(i, "separate", True), "repacked layout, separate quantize kernel")}
-    if layouts:
-        out["w4a8_fused_ckpt"] = (lambda i: run(i, "fused", False), "checkpoint layout [N, K/2]")
-    return out
+    path, act, ckpt, _ = W4A8_VARIANTS[variant]
+    p, sc, z = (s["packed"], s["scales"], s["zeros"]) if ckpt else (s["packed_t"], s["scales_t"], s["zeros_t"])
+    return w4a8_gemm(s["x"], p, sc, z, 1.0, 0.05, None, GROUP, F, act_quant=act, path=path)
 
 
-def check(s) -> float:
-    """||kernel - reference|| / ||reference|| on one input set (both activation modes agree by test)."""
+def ours(sets, variants):
+    """name -> (fn(i), note) for the W4A8 variants to time (the rule's path is marked per row)."""
+    return {v: ((lambda i, v=v: _run(sets[i], v)), W4A8_VARIANTS[v][3]) for v in sorted(variants)}
+
+
+def check(s, variants) -> dict:
+    """variant -> ||kernel - reference|| / ||reference|| on one input set; raises above 1e-2."""
     from dpq.kernels.reference import w4a8_linear
-    from dpq.kernels.triton_w4a8 import w4a8_gemm
 
-    args = (s["packed_t"], s["scales_t"], s["zeros_t"], 1.0, 0.05, None, GROUP, F)
-    y = w4a8_gemm(s["x"], *args).float()
     ref = w4a8_linear(s["x"], s["packed"], s["scales"], s["zeros"], 1.0, 0.05, None, GROUP, F).float()
-    err = float((y - ref).norm() / ref.norm().clamp_min(1e-30))
-    if not err < 1e-2:  # BF16 output: ~2^-9 expected; NaN fails too
-        raise RuntimeError(f"W4A8 kernel disagrees with the reference: relative error {err}")
-    return err
+    errs = {}
+    for v in variants:
+        y = _run(s, v).float()
+        errs[v] = float((y - ref).norm() / ref.norm().clamp_min(1e-30))
+        if not errs[v] < 1e-2:  # BF16 output: ~2^-9 expected; NaN fails too
+            raise RuntimeError(f"W4A8 {v} disagrees with the reference: relative error {errs[v]}")
+    return errs
 
 
-def bench_shape(model, name, n, k, m, device, timer, ceil, l2_bytes, layouts):
+def bench_shape(model, name, n, k, m, device, timer, ceil, l2_bytes, variants=None, baselines_too=True):
+    """Rows for one shape and M: the torch baselines (unless baselines_too is False) and the W4A8
+    variants (default: `default_variants(m)`); each row says which path the large-M rule takes."""
+    from dpq.kernels.triton_w4a8 import choose_path
+
+    variants = default_variants(m) if variants is None else set(variants)
     sets, n_sets = make_sets(m, n, k, device, l2_bytes)
     flops = 2 * m * n * k
     groups = math.ceil(k / GROUP)
     w4_bytes = n * k // 2 + 3 * n * groups + 2 * m * k + 2 * m * n
     bytes_of = {"bf16": 2 * n * k + 2 * m * k + 2 * m * n, "fp8_scaled_mm": n * k + m * k + 2 * m * n,
                 "w4a16_int4pack": n * k // 2 + 4 * n * groups + 2 * m * k + 2 * m * n}
+    rule = "w4a8_dequant" if choose_path(m, n, k) == "dequant" else "w4a8_fused"
     rows = []
-    for variant, (fn, note) in {**baselines(sets, m, n, k, device), **ours(sets, layouts)}.items():
+    timed = {**(baselines(sets, m, n, k, device) if baselines_too else {}), **ours(sets, variants)}
+    for variant, (fn, note) in timed.items():
         ms = timer(fn, n_sets) if fn is not None else float("nan")
         nbytes = bytes_of.get(variant, w4_bytes)
         rows.append(dict(model=model, layer=name, N=n, K=k, M=m, variant=variant, ms=ms,
-                         tflops=flops / ms / 1e9, gbps=nbytes / ms / 1e6, note=note,
+                         tflops=flops / ms / 1e9, gbps=nbytes / ms / 1e6, note=note, rule_path=variant == rule,
                          frac_mem_floor=(nbytes / (ceil["copy_gbps"] * 1e6)) / ms,
                          frac_fp8_peak=(flops / (ceil["fp8_tflops"] * 1e9)) / ms))
-    err = check(sets[0])
+    errs = check(sets[0], variants)
     for r in rows:
-        if r["variant"].startswith("w4a8"):
-            r["rel_err_vs_reference"] = err
+        if r["variant"] in errs:
+            r["rel_err_vs_reference"] = errs[r["variant"]]
     ref = {r["variant"]: r["ms"] for r in rows}
     for r in rows:
-        r["vs_bf16"] = ref["bf16"] / r["ms"]
+        r["vs_bf16"] = ref.get("bf16", float("nan")) / r["ms"]
         r["vs_fp8"] = ref.get("fp8_scaled_mm", float("nan")) / r["ms"]
     del sets
     return rows
@@ -196,11 +222,12 @@ def table(rows) -> str:
            f"{'mem%':>6}{'fp8%':>6}"
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['model'] + '/' + r['layer']:<18}{r['M']:>6} {r['variant']:<16}{r['ms']:>9.4f}"
+        mark = "*" if r.get("rule_path") else " "
+        lines.append(f"{r['model'] + '/' + r['layer']:<18}{r['M']:>6}{mark}{r['variant']:<16}{r['ms']:>9.4f}"
                      f"{r['tflops']:>9.1f}{r['gbps']:>8.0f}{r['vs_bf16']:>8.2f}{r['vs_fp8']:>8.2f}"
                      f"{100 * r['frac_mem_floor']:>6.0f}{100 * r['frac_fp8_peak']:>6.0f}")
-    lines.append("xBF16/xFP8: speed-up over that baseline (>1 = faster); mem%: memory floor / time; "
-                 "fp8%: time at measured FP8 peak / time")
+    lines.append("*: the W4A8 path the large-M rule takes; xBF16/xFP8: speed-up over that baseline (>1 = faster); "
+                 "mem%: memory floor / time; fp8%: time at measured FP8 peak / time")
     return "\n".join(lines)
 
 
@@ -233,7 +260,7 @@ def main(argv=None) -> int:
     rows = []
     for model, layer, n, k in shapes:
         for m in ms:
-            new = bench_shape(model, layer, n, k, m, device, timer, ceil, l2, args.layouts)
+            new = bench_shape(model, layer, n, k, m, device, timer, ceil, l2, default_variants(m, args.layouts))
             rows += new
             print("\n".join(table(new).splitlines()[2:-1]), flush=True)
     print()

@@ -4,7 +4,6 @@ On the CPU these run under TRITON_INTERPRET=1 (set in conftest.py), with small
 K and N to keep the interpreter fast; on an FP8 GPU (SM89+) they run on it.
 """
 
-import math
 import os
 
 import pytest
@@ -14,49 +13,11 @@ pytest.importorskip("triton", reason="triton is not installed (pip install 'dpq[
 
 from dpq.kernels import triton_w4a8 as tk  # noqa: E402  (after the interpreter is set in conftest)
 from dpq.kernels.reference import w4a8_linear  # noqa: E402
-from dpq.numerics.fp8 import FP8_DTYPE, fp8_cast, protective_range, quantize_activation  # noqa: E402
-from dpq.numerics.int4 import compute_group_params, pack_int4, quantize, resolve_group_size  # noqa: E402
+from dpq.numerics.fp8 import FP8_DTYPE, fp8_cast, quantize_activation  # noqa: E402
+from dpq.numerics.int4 import pack_int4  # noqa: E402
+from kernel_cases import DEVICE, FP8_GPU, ON_GPU, assert_matches, make_input, make_layer  # noqa: E402
 
-ON_GPU = not tk.INTERPRET
-DEVICE = torch.device("cuda" if ON_GPU else "cpu")
-FP8_GPU = torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)
 gpu = pytest.mark.skipif(not FP8_GPU, reason="needs a CUDA GPU with FP8 tensor cores (SM89+)")
-
-
-def make_layer(n, k, group_size, symmetric, fp8_max, bias, seed=0, device=DEVICE):
-    """A random quantized Linear in checkpoint layout: packed [N, ceil(K/2)], scales bf16 / zeros uint8 [N, G]."""
-    gen = torch.Generator().manual_seed(seed)
-    w = torch.randn(n, k, generator=gen) * 0.05
-    w[:, : max(1, k // 7)] *= 8  # a few wide groups, so codes span 0..15 and s_g varies
-    g = resolve_group_size(k, group_size)
-    s_w = 2.0 ** math.ceil(math.log2(float(w.abs().max()) / protective_range(fp8_max)))
-    wd = w / s_w
-    scale, zero = compute_group_params(wd, g, symmetric, torch.bfloat16)
-    codes = quantize(wd, scale, zero, g)
-    b = torch.randn(n, generator=gen).to(torch.bfloat16) if bias else None
-    put = lambda t: None if t is None else t.to(device)  # noqa: E731
-    return put(pack_int4(codes)), put(scale.to(torch.bfloat16)), put(zero.to(torch.uint8)), s_w, put(b)
-
-
-def make_input(m, k, fp8_max, seed=1, dtype=torch.bfloat16):
-    """x [M, K] with outliers, and an fp32-representable s_x that saturates the largest few."""
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(m, k, generator=gen) * 3
-    x[:, ::11] *= 20
-    s_x = float(torch.tensor(0.7 * float(x.abs().max()) / fp8_max, dtype=torch.float32))
-    return x.to(dtype).to(DEVICE), s_x
-
-
-def assert_matches(y, ref):
-    # Same FP8 operands and fp32 accumulation; what may differ is the summation order (tile and
-    # split-K order vs torch's matmul: ~K * 2^-24 relative to sum|products|, far below BF16's step),
-    # which can flip the final BF16 rounding: one BF16 step is 2^-8 relative (rtol 2^-7 covers a
-    # tie flipped either way). atol covers outputs that cancel to near zero, where the fp32 order
-    # error is relative to the products' magnitude, not to the output's.
-    assert y.dtype == torch.bfloat16 and y.shape == ref.shape
-    assert torch.isfinite(y).all()
-    atol = 1e-5 * float(ref.float().abs().max())
-    torch.testing.assert_close(y.float().cpu(), ref.float().cpu(), rtol=2**-7, atol=atol)
 
 
 CASES = [  # M, N, K, g, symmetric, bias, F
@@ -203,3 +164,27 @@ def test_gpu_llama_shape(m, act_quant):
 
 def test_interpreter_flag_matches_environment():
     assert tk.INTERPRET == (os.environ.get("TRITON_INTERPRET") == "1")
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("m,path", [(1, "fused"), (8, "fused"), (1024, "dequant")])
+def test_gpu_cuda_graph_capture_and_replay(m, path):
+    # Decode runs under CUDA graphs: a captured call (autotuned beforehand) must replay on new inputs
+    # exactly as an eager call computes them (same kernels, same config, fixed split-K order).
+    packed, scales, zeros, s_w, b = make_layer(1024, 4096, 128, False, 448.0, True, seed=13, device="cuda")
+    x, s_x = make_input(m, 4096, 448.0, seed=14)
+    x = x.cuda()
+    # scales as device tensors, as W4A8Linear holds them: a Python float would be copied to the GPU
+    # inside the capture, which CUDA graphs do not allow
+    scale = lambda v: torch.tensor(v, dtype=torch.float32, device="cuda")  # noqa: E731
+    args = (packed, scales, zeros, scale(s_w), scale(s_x), b, 128, 448.0)
+    tk.w4a8_gemm(x, *args, path=path)  # autotune outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = tk.w4a8_gemm(x, *args, path=path)
+    x2, _ = make_input(m, 4096, 448.0, seed=15)
+    x.copy_(x2.cuda())
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(y, tk.w4a8_gemm(x, *args, path=path))

@@ -83,7 +83,7 @@ def test_module_triton_matches_reference(sym, bias, fmax, g):
 
 @triton_needed
 def test_kernel_state_cached_and_invalidated():
-    from dpq.kernels.triton_w4a8 import repack_for_kernel
+    from dpq.kernels.triton_linear import repack_for_kernel
 
     m = make_module()
     x = torch.randn(3, m.in_features).to(torch.bfloat16).to(DEVICE)

@@ -23,6 +23,11 @@ kernel therefore rounds onto the E4M3 grid in fp32 arithmetic first
 unpacking, masks, split-K, the epilogue - is the same code on both paths. On
 a GPU the cast is the hardware's RNE saturating conversion.
 
+Paths. `w4a8_gemm` runs this file's fused kernel below M = LARGE_M_THRESHOLD and, from there on
+(N, K multiples of 16), the large-M path of triton_dequant.py: the FP8 weight dequantized once per
+call, then torch._scaled_mm (`choose_path`). Configs: CONFIG_CLASSES, checked to compile without
+spills for sm_89/90/100 by tests/kernels/test_compile.py (docs/kernel.md).
+
 W4A16 (fp8_max None) has no Triton path: `w4a8_linear_module` runs the
 reference for such modules (an fp32-exact W4A16 kernel would need IEEE fp32
 dots, slower than the reference's cuBLAS matmul).
@@ -31,19 +36,22 @@ dots, slower than the reference's cuBLAS matmul).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
+from dpq.kernels.tuning import _config, choose_split_k, gpu_configs, m_bucket, tune_configs
 from dpq.numerics.fp8 import E4M3FN_MAX, FP8_DTYPE, fp8_cast
 from dpq.numerics.int4 import num_groups, resolve_group_size
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 """Read when this module is imported, like triton.jit itself does."""
 ACT_MODES = ("fused", "separate")
-M_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096)
+PATHS = ("auto", "fused", "dequant")
+LARGE_M_THRESHOLD = 1024
+"""`choose_path` runs M >= this on the dequantize + torch._scaled_mm path (triton_dequant.py). The
+issue's value, not measured yet: benchmarks/gpu_suite.py times both paths over M on a GPU to set it."""
 
 
 @triton.jit
@@ -174,60 +182,24 @@ def _quantize_kernel(x_ptr, sx_ptr, out_ptr, numel, FP8_MAX: tl.constexpr, EMULA
     tl.store(out_ptr + offs, _fp8_round(tl.math.div_rn(x, tl.load(sx_ptr)), FP8_MAX, EMULATE_FP8), mask=mask)
 
 
-def _config(bm, bn, bk, warps, stages, group_m=8):
-    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group_m},
-                         num_warps=warps, num_stages=stages)
-
-
-def _gpu_configs() -> list:
-    small = [_config(16, bn, bk, w, s) for bn in (32, 64, 128) for bk in (128, 256) for w in (4,) for s in (3, 4)]
-    mid = [_config(bm, bn, 128, w, s) for bm in (32, 64) for bn in (64, 128) for w in (4, 8) for s in (3, 4)]
-    large = [_config(128, 128, 128, 8, 3), _config(128, 256, 128, 8, 3), _config(256, 128, 128, 8, 3),
-             _config(128, 128, 64, 4, 4), _config(128, 256, 64, 8, 4), _config(64, 256, 128, 8, 3)]
-    return small + mid + large
-
-
 # Interpreter: one config per bucket class, so autotuning never benchmarks on the CPU.
 _INTERPRET_CONFIGS = [_config(16, 32, 64, 4, 1), _config(32, 32, 64, 4, 1)]
 
 
 def _prune(configs, named_args, **kwargs):
-    """Per M bucket: BLOCK_M no larger than needed; big tiles only for large M."""
+    """The configs of `tune_configs` for this call's M bucket and group size."""
     bucket = named_args["M_BUCKET"]
     if INTERPRET:
         return [configs[0] if bucket <= 16 else configs[1]]
-    if bucket <= 16:
-        keep = [c for c in configs if c.kwargs["BLOCK_M"] == 16]
-    elif bucket <= 256:
-        keep = [c for c in configs if 32 <= c.kwargs["BLOCK_M"] <= 64 and c.kwargs["BLOCK_N"] <= 128]
-    else:
-        keep = [c for c in configs if c.kwargs["BLOCK_M"] >= 64 and c.kwargs["BLOCK_N"] >= 128]
-    return keep or configs
+    return [_config(*c) for c in tune_configs(bucket, kwargs["GROUP_SIZE"])]
 
 
 _w4a8_gemm_tuned = triton.autotune(
-    configs=_INTERPRET_CONFIGS if INTERPRET else _gpu_configs(),
+    configs=_INTERPRET_CONFIGS if INTERPRET else gpu_configs(),
     key=["M_BUCKET", "N", "K", "GROUP_SIZE", "SPLIT_K", "X_IS_FP8"],
     prune_configs_by={"early_config_prune": _prune},
     cache_results=not INTERPRET,  # GPU: also keep each key's choice in Triton's on-disk cache
 )(_w4a8_gemm_kernel)
-
-
-def m_bucket(m: int) -> int:
-    """The autotuning bucket of M: the largest of M_BUCKETS not above M."""
-    return max(b for b in M_BUCKETS if b <= max(m, 1))
-
-
-def choose_split_k(m: int, n: int, k: int, device: torch.device) -> int:
-    """Split K for small M when the output tiles alone cannot fill the GPU (heuristic, not tuned)."""
-    if m > 64 or INTERPRET:
-        return 1
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    tiles = triton.cdiv(n, 64)
-    split = 1
-    while split < 8 and tiles * split * 2 <= 2 * sms and k // (split * 2) >= 512:
-        split *= 2
-    return split
 
 
 def _check_device(device: torch.device) -> None:
@@ -271,22 +243,8 @@ def quantize_fp8(x: torch.Tensor, s_x, fp8_max: float = E4M3FN_MAX) -> torch.Ten
     return out
 
 
-def w4a8_gemm(x, packed, scales, zeros, s_w, s_x, bias, group_size, fp8_max=E4M3FN_MAX, *,
-              act_quant="fused", split_k=None, config=None, max_imprecise_acc="block") -> torch.Tensor:
-    """y = (fp8(x / s_x) @ fp8((q - z) * s_g)^T) * s_x * s_w + b: BF16 [M, N].
-
-    x [M, K] bf16/fp16/fp32 (or float8_e4m3fn already quantized with s_x); packed [N, ceil(K/2)]
-    uint8 (any strides: the checkpoint layout or `repack_for_kernel`'s N-contiguous view);
-    scales [N, G] float; zeros [N, G] uint8; s_w, s_x floats or 1-element tensors; bias [N] or None.
-    act_quant: "fused" (prologue of the GEMM) or "separate" (`quantize_fp8` first).
-    split_k: None = heuristic. config: dict of BLOCK_M/BLOCK_N/BLOCK_K/GROUP_M (+ num_warps,
-    num_stages) to bypass autotuning. max_imprecise_acc (Hopper only): "block" promotes the FP8
-    tensor-core accumulator to fp32 once per K tile, None keeps Triton's default (no promotion on
-    sm_90), a positive int promotes every that many products.
-    """
-    f = check_fp8_max(fp8_max)
-    if act_quant not in ACT_MODES:
-        raise ValueError(f"act_quant={act_quant!r}: use one of {ACT_MODES}")
+def _check_gemm_inputs(x, packed, scales, zeros, bias, group_size) -> tuple[int, int, int, int]:
+    """(M, N, K, g) of valid w4a8_gemm inputs; a clear error otherwise."""
     if x.dim() != 2:
         raise ValueError(f"x must be 2-D [M, K], got shape {tuple(x.shape)}")
     if x.dtype not in (torch.bfloat16, torch.float16, torch.float32, FP8_DTYPE):
@@ -312,15 +270,65 @@ def w4a8_gemm(x, packed, scales, zeros, s_w, s_x, bias, group_size, fp8_max=E4M3
     tensors = [x, packed, scales, zeros] + ([bias] if bias is not None else [])
     if any(t.device != x.device for t in tensors):
         raise ValueError("x, packed, scales, zeros and bias must be on one device")
+    return m, n, k, g
+
+
+def scaled_mm_supported(n: int, k: int) -> bool:
+    """torch._scaled_mm exists and cuBLASLt's FP8 GEMM takes these sizes (N and K multiples of 16)."""
+    return hasattr(torch, "_scaled_mm") and n % 16 == 0 and k % 16 == 0
+
+
+def choose_path(m: int, n: int, k: int) -> str:
+    """The large-M rule: "dequant" (FP8 weight once per call + torch._scaled_mm) at M >= LARGE_M_THRESHOLD
+    where _scaled_mm takes the sizes, else "fused" (this file's kernel)."""
+    return "dequant" if m >= LARGE_M_THRESHOLD and scaled_mm_supported(n, k) else "fused"
+
+
+def w4a8_gemm(x, packed, scales, zeros, s_w, s_x, bias, group_size, fp8_max=E4M3FN_MAX, *,
+              act_quant="fused", split_k=None, config=None, max_imprecise_acc="block", path="auto") -> torch.Tensor:
+    """y = (fp8(x / s_x) @ fp8((q - z) * s_g)^T) * s_x * s_w + b: BF16 [M, N].
+
+    x [M, K] bf16/fp16/fp32 (or float8_e4m3fn already quantized with s_x); packed [N, ceil(K/2)]
+    uint8 (any strides: the checkpoint layout or `repack_for_kernel`'s N-contiguous view);
+    scales [N, G] float; zeros [N, G] uint8; s_w, s_x floats or 1-element tensors; bias [N] or None.
+    path: "auto" (`choose_path`), "fused" (this file's kernel) or "dequant" (`triton_dequant`:
+    the FP8 weight once, then torch._scaled_mm; N and K multiples of 16).
+    The rest configure the fused kernel. act_quant: "fused" (prologue of the GEMM) or "separate"
+    (`quantize_fp8` first; always for float32 x). split_k: None = heuristic. config: dict of BLOCK_M/BLOCK_N/BLOCK_K/GROUP_M
+    (+ num_warps, num_stages) to bypass autotuning. max_imprecise_acc (Hopper only): "block" promotes
+    the FP8 tensor-core accumulator to fp32 once per K tile, None keeps Triton's default (no
+    promotion on sm_90), a positive int promotes every that many products.
+    """
+    f = check_fp8_max(fp8_max)
+    if act_quant not in ACT_MODES:
+        raise ValueError(f"act_quant={act_quant!r}: use one of {ACT_MODES}")
+    if path not in PATHS:
+        raise ValueError(f"path={path!r}: use one of {PATHS}")
+    m, n, k, g = _check_gemm_inputs(x, packed, scales, zeros, bias, group_size)
     _check_device(x.device)
+    if path == "auto":
+        path = choose_path(m, n, k)
+    elif path == "dequant" and not scaled_mm_supported(n, k):
+        raise ValueError(f"path='dequant' needs torch._scaled_mm and N, K multiples of 16; got N={n}, K={k}")
     if x.stride(1) != 1:
         x = x.contiguous()
     sx, sw = _scalar(s_x, x.device), _scalar(s_w, x.device)
-    if act_quant == "separate" and x.dtype != FP8_DTYPE:
-        x = quantize_fp8(x, sx, f)
     if m == 0:
         return torch.empty(0, n, dtype=torch.bfloat16, device=x.device)
-    split = split_k or choose_split_k(m, n, k, x.device)
+    if path == "dequant":
+        from dpq.kernels.triton_dequant import dequant_matmul  # noqa: PLC0415 - it imports this module
+
+        return dequant_matmul(x, packed, scales, zeros, sx, sw, bias, g, f)
+    if (act_quant == "separate" or x.dtype == torch.float32) and x.dtype != FP8_DTYPE:
+        x = quantize_fp8(x, sx, f)  # float32 tiles staged by the fused prologue would overflow Ada's shared memory
+    return _fused_gemm(x, packed, scales, zeros, sx, sw, bias, g, f, split_k, config, max_imprecise_acc)
+
+
+def _fused_gemm(x, packed, scales, zeros, sx, sw, bias, g, f, split_k, config, max_imprecise_acc) -> torch.Tensor:
+    """Launch the fused kernel (and the split-K reduce) on checked inputs: BF16 [M, N]."""
+    m, k = x.shape
+    n = packed.shape[0]
+    split = split_k or (1 if INTERPRET else choose_split_k(m, n, k, x.device))
     out = torch.empty(m, n, dtype=torch.bfloat16, device=x.device)
     target = out if split == 1 else torch.empty(split, m, n, dtype=torch.float32, device=x.device)
     bias_arg = bias if bias is not None else sx  # never read when HAS_BIAS is False
@@ -346,45 +354,3 @@ def w4a8_gemm(x, packed, scales, zeros, s_w, s_x, bias, group_size, fp8_max=E4M3
                                                             SPLIT_K=split, HAS_BIAS=bias is not None,
                                                             EMULATE_FP8=INTERPRET, BLOCK=block)
     return out
-
-
-@dataclass
-class KernelState:
-    """A W4A8Linear's weight in the GPU layout: N-contiguous copies, handed to the kernel as [N, ...] views."""
-
-    packed: torch.Tensor   # [N, ceil(K/2)] uint8 view of a [ceil(K/2), N] contiguous tensor
-    scales: torch.Tensor   # [N, G] view of [G, N]
-    zeros: torch.Tensor    # [N, G] uint8 view of [G, N]
-    key: tuple             # (device, data_ptr, _version) of the source buffers: stale when any changed
-
-
-def _buffers_key(module) -> tuple:
-    return tuple((t.device, t.data_ptr(), t._version) for t in (module.weight, module.scales, module.zeros))
-
-
-def repack_for_kernel(module) -> KernelState:
-    """The GPU layout of a W4A8Linear, built once and cached in module._kernel_state."""
-    state = module._kernel_state
-    key = _buffers_key(module)
-    if isinstance(state, KernelState) and state.key == key:
-        return state
-    state = KernelState(packed=module.weight.t().contiguous().t(), scales=module.scales.t().contiguous().t(),
-                        zeros=module.zeros.t().contiguous().t(), key=key)
-    module._kernel_state = state
-    return state
-
-
-def w4a8_linear_module(module, x: torch.Tensor, **kwargs) -> torch.Tensor:
-    """A W4A8Linear's forward through the kernel: x [..., K] -> BF16 [..., N]. W4A16 runs the reference."""
-    if module.fp8_max is None:
-        from dpq.kernels.reference import linear_from_dequant
-
-        return linear_from_dequant(x, module.dequantized_weight(), module.weight_scale.float(), None,
-                                   module.bias, None)
-    if x.shape[-1] != module.in_features:
-        raise ValueError(f"input has {x.shape[-1]} features, the layer expects K={module.in_features}")
-    state = repack_for_kernel(module)
-    x2 = x.reshape(-1, x.shape[-1])  # [M, K]
-    y = w4a8_gemm(x2, state.packed, state.scales, state.zeros, module.weight_scale, module.input_scale,
-                  module.bias, module.group_size, module.fp8_max, **kwargs)
-    return y.reshape(*x.shape[:-1], module.out_features)

@@ -142,7 +142,7 @@ class W4A8Linear(nn.Module):
         if self.dynamic_act:  # no fast kernel for per-token dynamic FP8 yet: the reference
             y = linear_per_token(x, self.reference_weight(), self.bias)
         elif backend == "triton":
-            from dpq.kernels.triton_w4a8 import w4a8_linear_module  # imported only where used
+            from dpq.kernels.triton_linear import w4a8_linear_module  # imported only where used
 
             y = w4a8_linear_module(self, x)
         else:
