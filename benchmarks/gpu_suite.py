@@ -183,7 +183,7 @@ def run_quantize(model, calib, device: str):
 
     spec = dpq.CalibSpec(samples=int(calib.shape[0]), seq_len=int(calib.shape[1]))
     config = dpq.QuantConfig.for_method("dpq-gar", calib=spec)
-    return dpq.quantize(model, None, config, calib=calib, device=device, progress=False)
+    return dpq.quantize(model, None, config, calib=calib, device=device, progress=False).summary
 
 
 def smollm2_config(tiny: bool):
