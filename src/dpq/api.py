@@ -21,6 +21,7 @@ from dpq.io.checkpoint import WEIGHTS, read_quant_block
 from dpq.io.checkpoint import save as _save
 from dpq.io.data import calibration_batches, fingerprint
 from dpq.io.load import load as _load
+from dpq.models.checks import check_model
 from dpq.models.driver import QuantSummary, concentrated, quantize_model
 
 
@@ -31,8 +32,16 @@ def quantize(model, tokenizer, config: QuantConfig | None = None, calib: torch.T
     calib: [samples, tokens] token ids; None draws them from `config.calib`
     (WikiText-2 validation text by default). The summary's `calibration`
     attribute records the source and a fingerprint of the exact tokens.
+    Refused before any calibration (`dpq.models.checks`): ignore patterns that match no Linear or
+    every Linear, sequences longer than the model's context, a model already quantized.
     """
-    config = config or QuantConfig()
+    config = QuantConfig() if config is None else config
+    if not isinstance(config, QuantConfig):
+        raise TypeError(f"config must be a dpq.QuantConfig, e.g. QuantConfig.for_method('dpq-gar'), "
+                        f"not {type(config).__name__} ({config!r:.60})")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r}: must be a positive integer")
+    check_model(model, config, config.calib.seq_len if calib is None else int(calib.shape[-1]))
     if calib is None:
         c = config.calib
         calib = calibration_batches(tokenizer, c.source, c.samples, c.seq_len, c.seed)
