@@ -9,9 +9,10 @@ accuracy on those lm-eval tasks, of variants of one W4A8 checkpoint, each changi
 against the float model it was quantized from:
 
   float          the source model
-  w4a8           the checkpoint as saved (INT4 -> FP8 weights, static FP8 activations)
-  weights-only   the checkpoint's FP8 weights, activations left in float
-  acts-only      the float weights, activations quantized to FP8 with the checkpoint's s_x
+  w4a8           the checkpoint as saved (INT4 -> FP8 weights, FP8 activations)
+  weights-only   the checkpoint's weights (W4A8Linear.effective_weight), activations left in float
+  acts-only      the float weights, activations quantized to FP8 as the checkpoint does: with its
+                 static s_x (target paper) or per token (target vllm-w4afp8)
   float-acts:K   the checkpoint with float activations into the Linears named K only
                  (K = qkv, o, gate_up, down), i.e. what FP8 activations cost at K
   float:A+B      the checkpoint with the Linears named A, B (full names, e.g.
@@ -45,6 +46,7 @@ from dpq.models.loading import load_float_model
 from dpq.models.specs import get_submodule, spec_for
 from dpq.nn.linear import W4A8Linear
 from dpq.numerics.fp8 import quantize_activation
+from dpq.numerics.vllm_w4afp8 import quantize_per_token
 
 KINDS = {"qkv": ("q_proj", "k_proj", "v_proj"), "o": ("o_proj",), "gate_up": ("gate_proj", "up_proj"),
          "down": ("down_proj",)}
@@ -94,14 +96,14 @@ def expand(variants, n_layers: int) -> list[str]:
 
 
 class _FloatActs(nn.Module):
-    """A W4A8Linear run with its FP8 weight (times s_w) but unquantized activations."""
+    """A W4A8Linear run with its weight in real units (`effective_weight`, any target) but unquantized activations."""
 
     def __init__(self, lin: W4A8Linear) -> None:
         super().__init__()
         self.lin = lin
 
     def forward(self, x):
-        w = self.lin.dequantized_weight().float() * self.lin.weight_scale.float()
+        w = self.lin.effective_weight()
         y = x.float() @ w.t()
         if self.lin.bias is not None:
             y = y + self.lin.bias.float()
@@ -109,13 +111,16 @@ class _FloatActs(nn.Module):
 
 
 class _FP8Acts(nn.Module):
-    """A float Linear whose input is first quantized to FP8 with a static scale."""
+    """A float Linear whose input is first quantized to FP8: with a static scale s_x, or per token (s_x None)."""
 
-    def __init__(self, lin: nn.Linear, s_x: float, fp8_max: float) -> None:
+    def __init__(self, lin: nn.Linear, s_x: float | None, fp8_max: float) -> None:
         super().__init__()
         self.lin, self.s_x, self.fp8_max = lin, s_x, fp8_max
 
     def forward(self, x):
+        if self.s_x is None:  # vLLM's dynamic per-token FP8 (target vllm-w4afp8)
+            x8, a = quantize_per_token(x.reshape(-1, x.shape[-1]))
+            return self.lin((x8 * a.unsqueeze(1)).reshape(x.shape).to(x.dtype))
         return self.lin((quantize_activation(x, self.s_x, self.fp8_max) * self.s_x).to(x.dtype))
 
 
@@ -150,8 +155,9 @@ def build(variant: str, quantized, float_model):
         m = copy.deepcopy(float_model)
         for (i, layer, name), (_, qlayer, _) in zip(_linears(m), _linears(quantized)):
             q = get_submodule(qlayer, name)
-            if isinstance(q, W4A8Linear) and q.is_w4a8 and q.input_scale is not None:
-                _swap(layer, name, _FP8Acts(get_submodule(layer, name), float(q.input_scale), q.fp8_max))
+            if isinstance(q, W4A8Linear) and q.is_w4a8:
+                s_x = None if q.dynamic_act else float(q.input_scale)
+                _swap(layer, name, _FP8Acts(get_submodule(layer, name), s_x, q.fp8_max))
         return m
     if variant.startswith("float:"):
         return _with_float(quantized, float_model, variant.split(":", 1)[1].split("+"))

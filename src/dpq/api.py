@@ -23,8 +23,17 @@ import torch
 from dpq.config import QuantConfig
 from dpq.io.checkpoint import read_quant_block, weight_files
 from dpq.io.load import load as _load
+from dpq.models.checks import check_model
 from dpq.models.driver import concentrated, quantize_model
-from dpq.pipeline import QuantResult, _calibration, _check_config, calibration_info, quantize_to_disk, save_quantized
+from dpq.pipeline import (
+    QuantResult,
+    _calibration,
+    _check_batch_size,
+    _check_config,
+    calibration_info,
+    quantize_to_disk,
+    save_quantized,
+)
 
 __all__ = ["QuantResult", "export", "info", "load", "load_any", "quantize", "quantize_to_disk", "save"]
 
@@ -36,8 +45,12 @@ def quantize(model, tokenizer, config: QuantConfig | None = None, calib: torch.T
     calib: [samples, tokens] token ids; None draws them from `config.calib`
     (WikiText-2 validation text by default). `result.calibration` records the source and a
     fingerprint of the exact tokens; `dpq.save(result, out)` writes the checkpoint.
+    Refused before any calibration (`dpq.models.checks`): ignore patterns that match no Linear or
+    every Linear, sequences longer than the model's context, a model already quantized.
     """
     config = _check_config(config)
+    _check_batch_size(batch_size)
+    check_model(model, config, config.calib.seq_len if calib is None else int(calib.shape[-1]))
     calib = _calibration(tokenizer, config, calib)
     summary = quantize_model(model, calib, config, device=device, batch_size=batch_size, progress=progress)
     return QuantResult(config, summary, calibration_info(config, calib), model=model, tokenizer=tokenizer,

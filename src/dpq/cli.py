@@ -12,6 +12,60 @@ from dpq.config import METHODS, ActSpec, CalibSpec, ConfigError, QuantConfig
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `dpq quantize: error: argument --batch-size: 0: ... (see dpq quantize --help)`."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _count(minimum: int):
+    """argparse type: an integer >= minimum (1: a positive count, 0: a non-negative one)."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if v < minimum:
+            kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+            raise argparse.ArgumentTypeError(f"{v}: must be {kind}")
+        return v
+
+    return parse
+
+
+def _positive_number(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < v < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text}: must be a positive number")
+    return v
+
+
+POSITIVE, NON_NEGATIVE = _count(1), _count(0)
+
+
+def _check_output_file(flag: str, path: str | None) -> None:
+    """Refuse, before any work, an output file that cannot be created: a directory, or under a file."""
+    if not path:
+        return
+    from pathlib import Path  # noqa: PLC0415
+
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"{flag} {path} is a directory: give a file name")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{flag} {path}: {parent} is a file, not a directory: choose another path")
+            if not os.access(parent, os.W_OK):
+                raise ValueError(f"{flag} {path}: {parent} is not writable: choose another path")
+            return
+
+
 def _add_quantize(sub) -> None:
     p = sub.add_parser("quantize", help="quantize a causal LM to W4A8 and write a checkpoint directory")
     p.add_argument("model", nargs="?", default=None,
@@ -20,21 +74,22 @@ def _add_quantize(sub) -> None:
                    help="checkpoint directory to write (must not exist; an interrupted run with the same --out resumes)")
     p.add_argument("--method", default="dpq-gar", choices=METHODS)
     p.add_argument("--calib", default="wikitext2", help="wikitext2, a .txt file or a .jsonl file of {\"text\": ...}")
-    p.add_argument("--calib-samples", type=int, default=128)
-    p.add_argument("--seq-len", type=int, default=2048)
-    p.add_argument("--calib-skip-first", type=int, default=0, metavar="N",
+    p.add_argument("--calib-samples", type=POSITIVE, default=128)
+    p.add_argument("--seq-len", type=POSITIVE, default=2048)
+    p.add_argument("--calib-skip-first", type=NON_NEGATIVE, default=0, metavar="N",
                    help="leave the first N tokens of every calibration sequence out of the Hessians "
                         "(1 drops position 0, where attention sinks put massive activations)")
     p.add_argument("--group-size", type=int, default=128, help="input channels per group; -1 = per-channel")
     p.add_argument("--sym", action="store_true", help="symmetric INT4 (zero point 8)")
-    p.add_argument("--fp8-max", type=float, default=448.0, help="FP8 range F: 448 (E4M3FN) or 240 (Gaudi 2)")
+    p.add_argument("--fp8-max", type=float, default=448.0,
+                   help="FP8 range F, an E4M3 value: 448 (E4M3FN) or 240 (Gaudi 2)")
     p.add_argument("--act-scale", default="maxabs", choices=["maxabs", "percentile", "mse"])
     p.add_argument("--group-params", default="updated", choices=["updated", "frozen"],
                    help="DPQ group parameters from the error-updated weights (default) or frozen originals (reference)")
     p.add_argument("--ignore", nargs="*", default=[], metavar="PATTERN",
                    help="module names or glob patterns to leave in high precision (e.g. down_proj, 'model.layers.0.*')")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--batch-size", type=int, default=8, help="calibration sequences per forward")
+    p.add_argument("--batch-size", type=POSITIVE, default=8, help="calibration sequences per forward")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--target", default="paper", choices=["paper", "vllm-w4afp8"],
                    help="numerics to calibrate for: paper (asymmetric INT4, static FP8 activations) or "
@@ -55,17 +110,18 @@ def _add_quantize(sub) -> None:
 
 def cmd_quantize(a) -> int:
     import dpq  # noqa: PLC0415
+    from dpq.io.data import read_calibration_text  # noqa: PLC0415
     from dpq.io.shards import parse_size  # noqa: PLC0415
     from dpq.report import print_summary  # noqa: PLC0415
 
-    if a.target == "vllm-w4afp8" and (a.group_size != 128 or a.fp8_max != 448.0):
-        raise ConfigError("--target vllm-w4afp8 runs vLLM's W4A8 kernel: it needs --group-size 128 and --fp8-max 448")
-    config = QuantConfig.for_method(
-        a.method, group_size=a.group_size, symmetric=a.sym or a.target == "vllm-w4afp8", fp8_max=a.fp8_max,
+    config = QuantConfig.for_method(  # symmetric None: the target's own (--target vllm-w4afp8 implies --sym)
+        a.method, group_size=a.group_size, symmetric=True if a.sym else None, fp8_max=a.fp8_max,
         act=ActSpec(method=a.act_scale), calib=CalibSpec(a.calib, a.calib_samples, a.seq_len, a.seed, a.calib_skip_first),
         ignore=tuple(a.ignore), group_params=a.group_params, target=a.target,
     )
     parse_size(a.max_shard_size)  # a bad size fails before any work
+    if a.calib != "wikitext2":
+        read_calibration_text(a.calib)  # a missing or binary file is named before the model loads
     result = dpq.quantize_to_disk(a.model, a.out, config, dtype=a.dtype, device=a.device, batch_size=a.batch_size,
                                   max_shard_size=a.max_shard_size, overwrite=a.overwrite, restart=a.restart,
                                   offload_dir=a.offload_dir)
@@ -78,7 +134,7 @@ def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="generate text with a dpq checkpoint (or a float model)")
     p.add_argument("path", help="checkpoint directory (or a float model: directory, .gguf, bundled name)")
     p.add_argument("--prompt", required=True)
-    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--max-new-tokens", type=POSITIVE, default=32)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.set_defaults(func=cmd_generate)
 
@@ -130,13 +186,14 @@ def cmd_info(a) -> int:
 
 def _eval_options(p, default_max_windows=None) -> None:
     p.add_argument("--ppl", default="wikitext2", choices=["wikitext2", "none"], help="perplexity data set, or none")
-    p.add_argument("--seq-len", type=int, default=2048, help="perplexity window in tokens")
-    p.add_argument("--max-windows", type=int, default=default_max_windows, help="use only the first N windows")
+    p.add_argument("--seq-len", type=_count(2), default=2048, help="perplexity window in tokens")
+    p.add_argument("--max-windows", type=POSITIVE, default=default_max_windows, help="use only the first N windows")
     p.add_argument("--tasks", default="", help="comma-separated: piqa,arc_easy,arc_challenge,boolq,openbookqa,"
                    "winogrande,lambada,hellaswag,mmlu")
-    p.add_argument("--limit", type=float, default=None, help="examples per task (lm-eval --limit)")
-    p.add_argument("--num-fewshot", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=1, help="lm-eval batch size")
+    p.add_argument("--limit", type=_positive_number, default=None,
+                   help="examples per task (lm-eval --limit; below 1: a fraction of each task)")
+    p.add_argument("--num-fewshot", type=NON_NEGATIVE, default=0)
+    p.add_argument("--batch-size", type=POSITIVE, default=1, help="lm-eval batch size")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--json", dest="json_out", default=None, metavar="FILE", help="write the results as JSON")
 
@@ -181,6 +238,7 @@ def cmd_eval(a) -> int:
     from dpq.eval.report import to_markdown  # noqa: PLC0415
     from dpq.eval.run import evaluate_path  # noqa: PLC0415
 
+    _check_output_file("--json", a.json_out)
     results = []
     if a.vs_float:
         from dpq.io.checkpoint import read_quant_block  # noqa: PLC0415
@@ -204,9 +262,9 @@ def _add_compare(sub) -> None:
     p.add_argument("--methods", default="bf16,rtn-w4a16,gptq-w4a16,rtn-w4a8,naive-w4a8,dpq,dpq-gar",
                    help="comma-separated; bf16 is the float model")
     p.add_argument("--calib", default="wikitext2")
-    p.add_argument("--calib-samples", type=int, default=128)
-    p.add_argument("--calib-seq-len", type=int, default=2048)
-    p.add_argument("--calib-skip-first", type=int, default=0, metavar="N",
+    p.add_argument("--calib-samples", type=POSITIVE, default=128)
+    p.add_argument("--calib-seq-len", type=POSITIVE, default=2048)
+    p.add_argument("--calib-skip-first", type=NON_NEGATIVE, default=0, metavar="N",
                    help="leave the first N tokens of every calibration sequence out of the Hessians")
     p.add_argument("--group-size", type=int, default=128)
     p.add_argument("--sym", action="store_true")
@@ -231,6 +289,8 @@ def cmd_compare(a) -> int:
     from dpq.eval.compare import compare  # noqa: PLC0415
     from dpq.eval.report import plot, to_markdown  # noqa: PLC0415
 
+    for flag, path in (("--json", a.json_out), ("--markdown", a.markdown), ("--plot", a.plot)):
+        _check_output_file(flag, path)
     quant_kwargs = dict(
         group_size=a.group_size, symmetric=a.sym, fp8_max=a.fp8_max, act=ActSpec(method=a.act_scale),
         calib=CalibSpec(a.calib, a.calib_samples, a.calib_seq_len, a.seed, a.calib_skip_first), group_params=a.group_params,
@@ -303,9 +363,9 @@ def _print_concentration_notes(results: dict) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dpq", description="W4A8 quantization of LLMs with DPQ and GAR")
+    parser = _Parser(prog="dpq", description="W4A8 quantization of LLMs with DPQ and GAR")
     parser.add_argument("--version", action="version", version=_version())
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=POSITIVE, default=None,
                         help="torch CPU threads (on a busy small CPU, 1 can be faster for evaluation)")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_quantize, _add_generate, _add_info, _add_eval, _add_compare, _add_export):
@@ -320,18 +380,22 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command; returns its exit code: 0, or 2 for bad input (one line on stderr, no traceback)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # argparse: --help and --version exit 0; a usage error returns 2 like every other
+        if e.code in (0, None):
+            raise
+        return int(e.code) if isinstance(e.code, int) else 2
     if args.threads is not None:
         import torch  # noqa: PLC0415
 
-        if args.threads < 1:
-            print(f"dpq: error: --threads={args.threads}: use a positive number", file=sys.stderr)
-            return 2
         torch.set_num_threads(args.threads)
     try:
         return args.func(args)
     except (ConfigError, ValueError, FileNotFoundError) as e:
-        print(f"dpq {args.command}: error: {e}", file=sys.stderr)
+        message = " ".join(line.strip() for line in str(e).splitlines() if line.strip())  # one line
+        print(f"dpq {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

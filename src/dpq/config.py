@@ -8,6 +8,8 @@ checkpoint stores in `config.json["quantization_config"]`.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +31,8 @@ FP8_GAUDI2_MAX = 240.0
 ACT_SCALE_METHODS = ("maxabs", "percentile", "mse")
 GROUP_PARAM_SOURCES = ("updated", "frozen")
 TARGETS = ("paper", "vllm-w4afp8")
+VLLM_GROUP_SIZE = 128
+"""The only group size vLLM's W4AFP8 kernel takes."""
 
 
 class ConfigError(ValueError):
@@ -38,6 +42,131 @@ class ConfigError(ValueError):
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise ConfigError(msg)
+
+
+# --- types ------------------------------------------------------------------------------------
+# Every field of every dataclass below is checked (and normalised) by `_check_types` from its
+# annotation: a bool is not accepted as a number, a number not as a bool, a float not as an int.
+
+def _as_int(v, where: str) -> int:
+    _check(isinstance(v, numbers.Integral) and not isinstance(v, bool),
+           f"{where}={v!r}: must be an integer, not {type(v).__name__}")
+    return int(v)
+
+
+def _as_float(v, where: str) -> float:
+    _check(isinstance(v, numbers.Real) and not isinstance(v, bool),
+           f"{where}={v!r}: must be a number, not {type(v).__name__}")
+    _check(math.isfinite(float(v)), f"{where}={v!r}: must be a finite number")
+    return float(v)
+
+
+def _as_bool(v, where: str) -> bool:
+    _check(isinstance(v, bool), f"{where}={v!r}: must be True or False, not {type(v).__name__}")
+    return v
+
+
+def _as_str(v, where: str) -> str:
+    _check(isinstance(v, str), f"{where}={v!r}: must be a string, not {type(v).__name__}")
+    return v
+
+
+def _as_patterns(v, where: str) -> tuple[str, ...]:
+    """Module-name patterns: a tuple or list of non-empty strings; one str is one pattern (not its characters)."""
+    if isinstance(v, str):
+        v = (v,)
+    _check(isinstance(v, (tuple, list)),
+           f"{where}={v!r}: give module-name patterns as a tuple of strings, e.g. ('down_proj',)")
+    for p in v:
+        _check(isinstance(p, str) and p.strip() != "",
+               f"{where}: pattern {p!r} must be a non-empty string (a module name or a glob such as 'model.layers.0.*')")
+    return tuple(v)
+
+
+_CONVERTERS = {
+    "int": _as_int,
+    "float": _as_float,
+    "float | None": lambda v, where: None if v is None else _as_float(v, where),
+    "bool": _as_bool,
+    "str": _as_str,
+    "tuple[str, ...]": _as_patterns,
+}
+
+
+def _check_types(obj) -> None:
+    """Check every field of the dataclass `obj` against its annotation, normalising numbers in place."""
+    cls = type(obj).__name__
+    for f in dataclasses.fields(obj):
+        v, where = getattr(obj, f.name), f"{cls}.{f.name}"
+        conv = _CONVERTERS.get(f.type)
+        if conv is not None:
+            object.__setattr__(obj, f.name, conv(v, where))
+        else:  # a nested spec: WeightSpec, FP8Spec, ...
+            spec_cls = globals()[f.type]
+            _check(isinstance(v, spec_cls), f"{where} must be a {f.type}, not {type(v).__name__} ({v!r})")
+
+
+# --- FP8 and target rules -----------------------------------------------------------------------
+
+def _e4m3_exponent(x: float) -> int:
+    """E of x = 1.mmm * 2^E on the E4M3 grid (values below 2^-6 are subnormals of 2^-6)."""
+    return max(math.frexp(x)[1] - 1, -6)
+
+
+def is_e4m3(x: float) -> bool:
+    """x is a positive value of the FP8 E4M3FN grid no larger than 448 (2^-9 ... 224, 240, 256, ... 448)."""
+    if not 0 < x <= FP8_E4M3FN_MAX:
+        return False
+    return (x / 2.0 ** (_e4m3_exponent(x) - 3)).is_integer()  # 3 mantissa bits: the grid step is 2^(E - 3)
+
+
+def check_fp8_max(fp8_max, where: str = "fp8_max") -> float:
+    """F as a float: an E4M3 value in (0, 448] (448 for E4M3FN hardware, 240 for Gaudi 2), else ConfigError.
+
+    The one definition of a valid F: FP8Spec and the Triton kernel both call it. F must lie on the
+    E4M3 grid so that saturating at +-F and casting to E4M3 give the same values everywhere.
+    """
+    f = _as_float(fp8_max, where)
+    if is_e4m3(f):
+        return f
+    if 0 < f < FP8_E4M3FN_MAX:
+        step = 2.0 ** (_e4m3_exponent(f) - 3)
+        lo = math.floor(f / step) * step
+        near = " and ".join(f"{v:g}" for v in (lo, lo + step) if v > 0)
+        nearest = f"the E4M3 values nearest {f:g}: {near}"
+    else:
+        nearest = "F must be in (0, 448]"
+    raise ConfigError(f"{where}={f:g} is not an FP8 E4M3 value: use 448 (E4M3FN: NVIDIA Hopper/Ada/Blackwell, "
+                      f"Gaudi 3, MI350) or 240 (Gaudi 2); {nearest}")
+
+
+def target_problems(target: str, *, fp8_max: float | None, group_size: int | None = None,
+                    symmetric: bool | None = None) -> list[str]:
+    """Why settings cannot run on `target` ([] when they can); None for group_size/symmetric: not known here.
+
+    "vllm-w4afp8" is vLLM's W4AFP8 kernel: symmetric INT4 (no zero points), group size 128, FP8 E4M3FN
+    activations (F = 448) quantized per token. The one definition of these rules: QuantConfig and
+    W4A8Linear both call it.
+    """
+    if target != "vllm-w4afp8":
+        return []
+    problems = []
+    if fp8_max is None:
+        problems.append("it needs FP8 activations, and this is a W4A16 method (use a W4A8 method)")
+    elif fp8_max != FP8_E4M3FN_MAX:
+        problems.append(f"it needs F = 448, got fp8_max={fp8_max:g} (use --fp8-max 448)")
+    if group_size is not None and group_size != VLLM_GROUP_SIZE:
+        problems.append(f"it needs group size 128, got {group_size} (use --group-size 128)")
+    if symmetric is False:
+        problems.append("it needs symmetric INT4 weights (its kernel has no zero points), got asymmetric "
+                        "(use symmetric=True, --sym)")
+    return problems
+
+
+def check_target(target: str, **settings) -> None:
+    """ConfigError naming every rule of `target` these settings break (see `target_problems`)."""
+    problems = target_problems(target, **settings)
+    _check(not problems, f"target {target} runs vLLM's W4AFP8 kernel: " + "; ".join(problems))
 
 
 @dataclass(frozen=True)
@@ -59,6 +188,7 @@ class WeightSpec:
     scale_dtype: str = "bfloat16"
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _check(self.bits == 4, f"bits={self.bits}: only 4-bit weights are supported")
         _check(
             self.group_size == -1 or self.group_size > 0,
@@ -79,19 +209,16 @@ class WeightSpec:
 class FP8Spec:
     """FP8 E4M3 arithmetic: values on the E4M3FN grid, saturated at +-fp8_max.
 
-    fp8_max: F, 448 for E4M3FN hardware, 240 for Gaudi 2. `None` means no FP8
-        at all (W4A16 methods).
+    fp8_max: F, 448 for E4M3FN hardware, 240 for Gaudi 2: an E4M3 value in (0, 448]
+        (`check_fp8_max`). `None` means no FP8 at all (W4A16 methods).
     """
 
     fp8_max: float | None = FP8_E4M3FN_MAX
 
     def __post_init__(self) -> None:
+        _check_types(self)
         if self.fp8_max is not None:
-            _check(
-                0 < float(self.fp8_max) <= FP8_E4M3FN_MAX,
-                f"fp8_max={self.fp8_max}: use 448 (E4M3FN) or 240 (Gaudi 2); "
-                "it must be in (0, 448]",
-            )
+            check_fp8_max(self.fp8_max)
 
     @property
     def enabled(self) -> bool:
@@ -119,6 +246,7 @@ class ActSpec:
     pow2: bool = False
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _check(
             self.method in ACT_SCALE_METHODS,
             f"act scale method {self.method!r}: use one of {', '.join(ACT_SCALE_METHODS)}",
@@ -152,6 +280,7 @@ class SolverSpec:
     block_size: int = 128
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _check(self.algorithm in ("rtn", "gptq"), f"algorithm={self.algorithm!r}: use rtn or gptq")
         _check(
             self.group_params in GROUP_PARAM_SOURCES,
@@ -183,6 +312,8 @@ class CalibSpec:
     skip_first: int = 0
 
     def __post_init__(self) -> None:
+        _check_types(self)
+        _check(self.source.strip() != "", "calib source is empty: use 'wikitext2', a .txt file or a .jsonl file")
         _check(self.samples > 0, f"calib samples={self.samples}: need at least one sample")
         _check(self.seq_len > 0, f"seq_len={self.seq_len}: must be positive")
         _check(
@@ -194,7 +325,13 @@ class CalibSpec:
 
 @dataclass(frozen=True)
 class QuantConfig:
-    """Everything one quantization run needs. Build it with `QuantConfig.for_method`."""
+    """Everything one quantization run needs. Build it with `QuantConfig.for_method`.
+
+    ignore: module-name patterns left in high precision (a name component such as "down_proj", or a
+        glob over full names such as "model.layers.0.*"); a single str is taken as one pattern.
+    target: "paper" (the paper's numerics) or "vllm-w4afp8" (vLLM's W4AFP8 kernel: symmetric INT4,
+        group size 128, F = 448; other settings are refused, see `target_problems`).
+    """
 
     method: str = "dpq-gar"
     weight: WeightSpec = field(default_factory=WeightSpec)
@@ -207,6 +344,7 @@ class QuantConfig:
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _check(self.method in METHODS, f"method {self.method!r}: use one of {', '.join(METHODS)}")
         _check(self.target in TARGETS, f"target {self.target!r}: use one of {', '.join(TARGETS)}")
         _check(
@@ -214,10 +352,8 @@ class QuantConfig:
             f"format_version={self.format_version}: this dpq reads version {FORMAT_VERSION}; "
             "upgrade dpq or re-quantize the model",
         )
-        _check(
-            isinstance(self.ignore, tuple),
-            "ignore must be a tuple of module-name patterns",
-        )
+        check_target(self.target, fp8_max=self.fp8.fp8_max, group_size=self.weight.group_size,
+                     symmetric=self.weight.symmetric)
 
     @property
     def activations_fp8(self) -> bool:
@@ -229,19 +365,26 @@ class QuantConfig:
         method: str = "dpq-gar",
         *,
         group_size: int = 128,
-        symmetric: bool = False,
+        symmetric: bool | None = None,
         fp8_max: float = FP8_E4M3FN_MAX,
         act: ActSpec | None = None,
         calib: CalibSpec | None = None,
-        ignore: tuple[str, ...] | list[str] = (),
+        ignore: tuple[str, ...] | list[str] | str = (),
         group_params: str = "updated",
         damp: float = 0.01,
         act_order: bool = False,
         scale_dtype: str = "bfloat16",
         target: str = "paper",
     ) -> "QuantConfig":
-        """The settings of a named method (see the method page's section 5)."""
-        _check(method in METHODS, f"method {method!r}: use one of {', '.join(METHODS)}")
+        """The settings of a named method (see the method page's section 5).
+
+        symmetric: None takes the target's own: asymmetric INT4 for "paper", symmetric for
+            "vllm-w4afp8" (symmetric=False with "vllm-w4afp8" is refused, with the reason).
+        ignore: module-name patterns (a single str is one pattern).
+        """
+        _check(isinstance(method, str) and method in METHODS, f"method {method!r}: use one of {', '.join(METHODS)}")
+        if symmetric is None:
+            symmetric = target == "vllm-w4afp8"
         w4a16 = method.endswith("w4a16")
         algorithm = "rtn" if method.startswith("rtn") else "gptq"
         solver = SolverSpec(
@@ -249,17 +392,17 @@ class QuantConfig:
             fp8_aware=method in ("dpq", "dpq-gar"),
             group_params=group_params,
             gar=method == "dpq-gar",
-            act_order=act_order and method != "dpq-gar",
+            act_order=_as_bool(act_order, "act_order") and method != "dpq-gar",
             damp=damp,
         )
         return cls(
             method=method,
             weight=WeightSpec(group_size=group_size, symmetric=symmetric, scale_dtype=scale_dtype),
             fp8=FP8Spec(fp8_max=None if w4a16 else fp8_max),
-            act=act or ActSpec(),
+            act=ActSpec() if act is None else act,
             solver=solver,
-            calib=calib or CalibSpec(),
-            ignore=tuple(ignore),
+            calib=CalibSpec() if calib is None else calib,
+            ignore=ignore,
             target=target,
         )
 
@@ -273,7 +416,7 @@ class QuantConfig:
             raise ConfigError("quantization_config must be a JSON object")
         version = d.get("format_version")
         _check(
-            version in READABLE_FORMAT_VERSIONS,
+            type(version) is int and version in READABLE_FORMAT_VERSIONS,
             f"quantization_config format_version={version!r}: this dpq reads versions "
             f"{', '.join(map(str, READABLE_FORMAT_VERSIONS))}; upgrade dpq or re-quantize the model",
         )
@@ -290,8 +433,6 @@ class QuantConfig:
                 bad = set(v) - sub_known
                 _check(not bad, f"quantization_config.{k} has unknown keys {sorted(bad)}")
                 kwargs[k] = subs[k](**v)
-            elif k == "ignore":
-                kwargs[k] = tuple(v)
             else:
                 kwargs[k] = v
         return cls(**kwargs)

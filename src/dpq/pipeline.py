@@ -23,6 +23,7 @@ from dpq.io import outdir, resume
 from dpq.io.shards import DEFAULT_MAX_SHARD_SIZE, parse_size
 from dpq.io.writer import CheckpointWriter
 from dpq.models.activations import ActivationStore
+from dpq.models.checks import check_model
 from dpq.models.driver import Resume, quantize_model
 from dpq.models.phases import PhaseClock
 from dpq.models.summary import QuantSummary
@@ -132,6 +133,7 @@ def quantize_to_disk(model: str | None, out: str, config: QuantConfig | None = N
     from dpq.models.source import open_source, resolve_dtype  # noqa: PLC0415
 
     config = _check_config(config)
+    _check_batch_size(batch_size)
     max_bytes = parse_size(max_shard_size)
     resolve_dtype(dtype)
     out = outdir.check_output(out, overwrite, protected=_local_paths(resolve(model)))
@@ -139,6 +141,7 @@ def quantize_to_disk(model: str | None, out: str, config: QuantConfig | None = N
     keep = False
     try:
         source = open_source(model, dtype)
+        check_model(source.model, config, config.calib.seq_len if calib is None else int(calib.shape[-1]))
         calib = _calibration(source.tokenizer, config, calib)
         calibration = calibration_info(config, calib)
         fp = _fingerprint(source, config, calibration, batch_size, device, max_bytes)
@@ -245,9 +248,14 @@ def _check_config(config) -> QuantConfig:
     if config is None:
         return QuantConfig()
     if not isinstance(config, QuantConfig):
-        raise TypeError(f"config must be a dpq.QuantConfig (e.g. QuantConfig.for_method('dpq-gar')), "
-                        f"got {type(config).__name__}")
+        raise TypeError(f"config must be a dpq.QuantConfig, e.g. QuantConfig.for_method('dpq-gar'), "
+                        f"not {type(config).__name__} ({config!r:.60})")
     return config
+
+
+def _check_batch_size(batch_size) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r}: must be a positive integer")
 
 
 def _calibration(tokenizer, config: QuantConfig, calib):

@@ -62,6 +62,16 @@ def concentration_note(method: str, shares: dict[str, float], fp8: bool) -> str:
     return text + ", keep these Linears in float with --ignore " + " ".join(shares)
 
 
+def activation_text(settings: dict) -> str:
+    """How a checkpoint's Linears quantize their inputs, from its settings (`QuantConfig.to_dict()`)."""
+    fp8 = settings["fp8"]["fp8_max"]
+    if not fp8:
+        return "BF16 (W4A16)"
+    if settings.get("target") == "vllm-w4afp8":
+        return f"FP8 E4M3 dynamic per-token (vLLM W4AFP8: scale from each token's max|x| at run time), F = {fp8:g}"
+    return f"FP8 E4M3 static per-tensor ({settings['act']['method']} scale from calibration), F = {fp8:g}"
+
+
 def print_info(info: dict, console: Console | None = None) -> None:
     console = console or Console()
     s = info["settings"]
@@ -74,7 +84,7 @@ def print_info(info: dict, console: Console | None = None) -> None:
         ("model type", str(info["model_type"])),
         ("format version", str(info["format_version"])),
         ("weights", f"INT4 {'symmetric' if s['weight']['symmetric'] else 'asymmetric'}, group size {s['weight']['group_size']}, scales {s['weight']['scale_dtype']}"),
-        ("activations", f"FP8 E4M3 static per-tensor ({s['act']['method']}), F = {fp8:g}" if fp8 else "BF16 (W4A16)"),
+        ("activations", activation_text(s)),
         ("solver", f"{s['solver']['algorithm']}, fp8_aware={s['solver']['fp8_aware']}, gar={s['solver']['gar']}, group params {s['solver']['group_params']}"
          + (f", Hessians skip the first {skip} tokens" if (skip := s["calib"].get("skip_first", 0)) else "")),
         ("calibration", ", ".join(f"{k}={v}" for k, v in info["calibration"].items())),

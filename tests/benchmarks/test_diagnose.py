@@ -99,3 +99,54 @@ def test_task_perplexity_gets_its_own_column_with_the_change():
     lines = D._table(rows, ["lambada"])
     assert lines[0] == "| variant | lambada acc % | lambada ppl |"
     assert lines[3] == "| float-layers:3 | 30.0 (-14.0) | 35.500 (+15.500) |"
+
+
+def _vllm_pair():
+    """(float model, its vllm-w4afp8 RTN quantized copy): tiny Llama with K, N multiples of 128."""
+    import copy
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    import dpq
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    float_model = LlamaForCausalLM(cfg).eval()
+    quantized = copy.deepcopy(float_model)
+    dpq.quantize(quantized, None, dpq.QuantConfig.for_method("rtn-w4a8", target="vllm-w4afp8"),
+                 calib=torch.zeros(1, 8, dtype=torch.long), progress=False)
+    return float_model, quantized
+
+
+def test_weights_only_applies_s_w_once_for_vllm_checkpoints():
+    """weights-only multiplies by the weight vLLM applies, chan * fp8((q - 8) * s8), not by it times s_w."""
+    from dpq.numerics import vllm_w4afp8
+    from dpq.numerics.int4 import unpack_int4
+
+    float_model, quantized = _vllm_pair()
+    lin = quantized.model.layers[0].mlp.down_proj
+    assert lin.dynamic_act and float(lin.weight_scale) < 2 ** -6
+    m = D.build("weights-only", quantized, float_model)
+    swapped = m.model.layers[0].mlp.down_proj
+    assert isinstance(swapped, D._FloatActs)
+    scales = lin.scales.float() * lin.weight_scale.float()
+    want_w = vllm_w4afp8.effective_weight(unpack_int4(lin.weight, 256), scales, 128)
+    x = torch.randn(3, 256)
+    with torch.no_grad():
+        assert torch.allclose(swapped(x), x @ want_w.t(), rtol=1e-5, atol=1e-6)
+
+
+def test_acts_only_quantizes_vllm_activations_per_token():
+    """acts-only for a vllm-w4afp8 checkpoint (no static s_x) quantizes every Linear's input per token."""
+    from dpq.numerics import vllm_w4afp8
+
+    float_model, quantized = _vllm_pair()
+    m = D.build("acts-only", quantized, float_model)
+    swapped = [mod for mod in m.modules() if isinstance(mod, D._FP8Acts)]
+    assert len(swapped) == 14 and all(mod.s_x is None for mod in swapped)
+    lin = swapped[0]
+    x = torch.randn(2, 3, 128)
+    x8, a = vllm_w4afp8.quantize_per_token(x.reshape(-1, 128))
+    with torch.no_grad():
+        assert torch.equal(lin(x), lin.lin((x8 * a.unsqueeze(1)).reshape(x.shape)))

@@ -235,9 +235,6 @@ def _config(**kw):
 
 @pytest.mark.parametrize("cfg,modules,target,match", [
     (_config(), {"a": [256, 256]}, "vllm-w4afp8", "re-quantize with --target vllm-w4afp8"),
-    (_config(target="vllm-w4afp8", symmetric=False), {"a": [256, 256]}, "vllm-w4afp8", "asymmetric"),
-    (_config(target="vllm-w4afp8", symmetric=True, group_size=64), {"a": [256, 256]}, "vllm-w4afp8",
-     "group size is 64"),
     (_config(target="vllm-w4afp8", symmetric=True), {"a": [576, 1536]}, "vllm-w4afp8", "multiple of 128"),
     (_config(target="vllm-w4afp8", symmetric=True), {"a": [256, 256]}, "paper", "export it with --target vllm"),
     (_config(group_size=128), {"a": [576, 576]}, "paper", "K divisible by the group size 128"),
@@ -247,6 +244,14 @@ def _config(**kw):
 def test_refusals(cfg, modules, target, match):
     with pytest.raises(ExportError, match=match):
         check_exportable(cfg, modules, target)
+
+
+@pytest.mark.parametrize("f", [240.0, 224.0])
+def test_other_fp8_range_is_named_without_calling_it_gaudi_2(f):
+    """Issue 24, case 10: F is any E4M3 value; export names it and says what compressed-tensors needs."""
+    with pytest.raises(ExportError) as e:
+        check_exportable(_config(fp8_max=f), {"a": [256, 256]}, "paper")
+    assert f"F={f:g};" in str(e.value) and "Gaudi" not in str(e.value) and "--fp8-max 448" in str(e.value)
 
 
 def test_accepts_expressible():

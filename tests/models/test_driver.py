@@ -81,7 +81,7 @@ def test_bad_calibration_inputs(tiny_llama_dir):
     with pytest.raises(ValueError, match="non-empty"):
         dpq.quantize(model, tok, cfg, calib=torch.zeros(0, 8, dtype=torch.long), progress=False)
     with pytest.raises(FileNotFoundError, match="calibration source"):
-        dpq.quantize(model, tok, QuantConfig.for_method("rtn-w4a8", calib=CalibSpec(source="/nope.txt")), progress=False)
+        dpq.quantize(model, tok, QuantConfig.for_method("rtn-w4a8", calib=CalibSpec(source="/nope.txt", seq_len=64)), progress=False)
 
 
 def test_group_size_larger_than_k_is_refused(tiny_llama_dir):

@@ -54,3 +54,37 @@ def test_gemma3_tokenizer_is_whole_word_with_bos(tmp_path):
     assert len(ids) <= 9  # whole words: <bos> + about one piece per word
     tok.save_pretrained(tmp_path)
     assert AutoTokenizer.from_pretrained(tmp_path)(" Robert Boulter").input_ids == tok(" Robert Boulter").input_ids
+
+
+# --- a local path that does not exist, a checkpoint given as a float model (issue 24, 16-17) --------
+
+@pytest.mark.parametrize("model", ["./no-such-model", "../x", "/no/such/model", "~/no-such-dpq-model", "a/b/c",
+                                   "no-such-dir/", "weights.safetensors", "C:\\models\\x"])
+def test_missing_local_path_says_path_does_not_exist(model):
+    with pytest.raises(ModelLoadError, match="path does not exist") as e:
+        resolve(model)
+    assert str(e.value).startswith(f"{model}: path does not exist")
+
+
+@pytest.mark.parametrize("model", ["someone/some-model", "gpt2", "HuggingFaceTB/SmolLM2-135M"])
+def test_hub_names_stay_hub_names(model):
+    src = resolve(model)
+    assert src.path == model and src.gguf_file is None
+
+
+def test_home_is_expanded(tmp_path, monkeypatch, tiny_llama_dir):
+    import shutil
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    shutil.copytree(tiny_llama_dir, tmp_path / "m")
+    src = resolve("~/m")
+    assert src.path == str(tmp_path / "m")
+
+
+def test_dpq_checkpoint_is_not_a_float_model(tmp_path):
+    import json
+
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"model_type": "llama", "quantization_config": {"quant_method": "dpq", "source_model": "/models/float"}}))
+    with pytest.raises(ModelLoadError, match="is a dpq checkpoint, already quantized: .*quantized from \\(/models/float\\)"):
+        resolve(str(tmp_path))

@@ -84,3 +84,47 @@ def test_replayed_attention_is_bit_identical_to_recomputing(model_type):
         assert torch.equal(fast[k], slow[k]), (model_type, k)
     attn = get_submodule(get_submodule(models[True], spec.layers)[0], spec.attention)
     assert type(attn).__name__.endswith("Attention") and type(attn).__name__ != "_ReplayedAttention"
+
+
+def _tiny_gemma3_multimodal():
+    """A tiny random Gemma3ForConditionalGeneration (SigLIP vision tower + Gemma 3 text decoder)."""
+    cfg = transformers.Gemma3Config(
+        text_config=dict(head_dim=32, sliding_window=16, **TINY),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=28, patch_size=14),
+        mm_tokens_per_image=4, boi_token_index=509, eoi_token_index=510, image_token_index=511,
+    )
+    torch.manual_seed(0)
+    return transformers.AutoModelForCausalLM.from_config(cfg).eval()
+
+
+def test_gemma3_multimodal_text_decoder_quantizes(tmp_path):
+    """The GEMMA3 spec (layers model.language_model.layers): every text-decoder Linear becomes W4A8,
+    the vision tower and projector stay float, and the model round-trips through a checkpoint."""
+    from dpq.models.specs import GEMMA3
+
+    model = _tiny_gemma3_multimodal()
+    assert type(model).__name__ == "Gemma3ForConditionalGeneration" and spec_for(model.config) is GEMMA3
+    calib = torch.randint(0, 500, (4, 48))
+    with torch.no_grad():
+        ref = model(calib[:1]).logits
+    vision = {n: p.clone() for n, p in model.model.vision_tower.named_parameters()}
+    summary = dpq.quantize(model, None, QuantConfig.for_method("dpq-gar", group_size=64), calib=calib,
+                           progress=False)
+    layers = get_submodule(model, GEMMA3.layers)
+    assert len(summary.linears) == len(layers) * len(GEMMA3.linears) == 14
+    assert all(r.name.startswith("model.language_model.layers.") for r in summary.linears)
+    for layer in layers:
+        for name in GEMMA3.linears:
+            assert isinstance(get_submodule(layer, name), W4A8Linear), name
+    assert not any(isinstance(m, W4A8Linear) for m in model.model.vision_tower.modules())
+    assert not any(isinstance(m, W4A8Linear) for m in model.model.multi_modal_projector.modules())
+    assert all(torch.equal(p, vision[n]) for n, p in model.model.vision_tower.named_parameters())
+    with torch.no_grad():
+        out = model(calib[:1]).logits
+    cos = torch.nn.functional.cosine_similarity(ref.flatten(), out.flatten(), dim=0)
+    assert cos > 0.9, float(cos)
+    cfg = QuantConfig.for_method("dpq-gar", group_size=64)
+    loaded, _ = dpq.load(dpq.save(model, None, tmp_path / "ck", cfg))
+    with torch.no_grad():
+        assert torch.equal(loaded(calib[:1]).logits, out)

@@ -152,3 +152,45 @@ def test_float_cache_setting_auto_and_bad_names(monkeypatch, _reset_float_cache)
         ops.keep_float_weight(torch.device("cpu"))
     with pytest.raises(ValueError, match="float cache"):
         ops.set_float_cache("fp16")
+
+
+# --- dequantized_weight: one meaning for both targets (issue 24, code review) --------------------
+
+def _vllm_module(n=256, k=256, bias=True, seed=0):
+    """A vllm-w4afp8 Linear from the solver (symmetric, g128), its QuantizedWeight and float weight."""
+    from dpq.algorithms import solve
+    from dpq.config import QuantConfig
+
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=gen) * 0.02
+    qw = solve(w, None, QuantConfig.for_method("rtn-w4a8", target="vllm-w4afp8"))
+    b = torch.randn(n, generator=gen) if bias else None
+    return W4A8Linear.from_quantized(qw, b, target="vllm-w4afp8"), qw
+
+
+def test_dequantized_weight_times_s_w_is_the_applied_weight_for_every_target():
+    """W = dequantized_weight() * s_w: the paper target's W8 * s_w and vLLM's chan * fp8((q - 8) * s8)."""
+    from dpq.numerics import vllm_w4afp8
+
+    m, qw = _vllm_module()
+    assert float(m.weight_scale) != 1.0  # so applying s_w twice would show
+    want = vllm_w4afp8.effective_weight(qw.codes, qw.scale * qw.s_w, 128)
+    assert torch.equal(m.dequantized_weight().float() * m.weight_scale, want)
+    assert torch.equal(m.effective_weight(), want)
+    for fmax in (448.0, 240.0, None):
+        p = make_module(fp8_max=fmax).cpu()
+        w8 = p.dequantized_weight()
+        assert w8.dtype == (torch.float32 if fmax is None else torch.float8_e4m3fn)
+        assert torch.equal(p.effective_weight(), w8.float() * p.weight_scale)
+
+
+def test_vllm_forward_unchanged_by_the_new_meaning():
+    """The module's vLLM forward equals per-token FP8 activations times the real-unit weight, bit for bit."""
+    from dpq.kernels.reference import linear_per_token
+
+    m, _ = _vllm_module()
+    x = torch.randn(5, 7, 256, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(m(x), linear_per_token(x, m.effective_weight(), m.bias))
+        m.bias = None
+        assert torch.equal(m(x), linear_per_token(x, m.effective_weight(), None))

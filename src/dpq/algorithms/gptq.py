@@ -73,9 +73,7 @@ def gptq_solve(w: torch.Tensor, h: torch.Tensor, config: QuantConfig, name: str 
     spec, f = config.solver, config.fp8.fp8_max
     g = check_group_size(k, config.weight.group_size, name)
     sym, sdtype = config.weight.symmetric, scale_dtype(config)
-    vllm = config.target == "vllm-w4afp8"  # simulate vLLM's W4AFP8 numerics (dpq.numerics.vllm_w4afp8)
-    if vllm and not sym:
-        raise ValueError(f"{name or 'layer'}: target vllm-w4afp8 needs symmetric INT4 (vLLM's kernel has no zero points)")
+    vllm = config.target == "vllm-w4afp8"  # simulate vLLM's W4AFP8 numerics (QuantConfig enforces its rules)
     # vLLM's per-channel scale depends on every group scale of a row: group parameters must be known up front.
     static = spec.group_params == "frozen" or spec.act_order or vllm
     if spec.fp8_aware and f is None:

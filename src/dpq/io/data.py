@@ -81,6 +81,18 @@ def wikitext2_valid_text() -> str:
     return "\n\n".join(_hub_wikitext("validation"))
 
 
+def _read_text(p: Path) -> str:
+    """A calibration file's text; a DataError naming the file if it is not UTF-8 text (a binary file)."""
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"calibration file {p} is not UTF-8 text (byte {e.start} is 0x{e.object[e.start]:02x}): "
+                        "give a .txt or .jsonl text file") from None
+    if "\x00" in text:
+        raise DataError(f"calibration file {p} holds NUL bytes (a binary file?): give a .txt or .jsonl text file")
+    return text
+
+
 def read_calibration_text(source: str) -> str:
     """Calibration text from "wikitext2", a .txt file, or a .jsonl file of {"text": ...} rows."""
     if source == "wikitext2":
@@ -88,9 +100,10 @@ def read_calibration_text(source: str) -> str:
     p = Path(source)
     if not p.is_file():
         raise DataError(f"calibration source {source!r}: use 'wikitext2', a .txt file or a .jsonl file")
+    text = _read_text(p)
     if p.suffix == ".jsonl":
         rows = []
-        for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        for i, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -101,8 +114,6 @@ def read_calibration_text(source: str) -> str:
                 raise DataError(f'{p}:{i}: each line must be an object with a "text" string')
             rows.append(obj["text"])
         text = "\n\n".join(rows)
-    else:
-        text = p.read_text(encoding="utf-8")
     if not text.strip():
         raise DataError(f"calibration file {p} is empty: give it some text")
     return text

@@ -222,13 +222,13 @@ def _scalar(v, device) -> torch.Tensor:
 
 
 def check_fp8_max(fp8_max) -> float:
-    """F must lie on the E4M3 grid (448, 240, ...) so that clamp-then-cast equals the reference's cast."""
+    """F must lie on the E4M3 grid (448, 240, ...) so that clamp-then-cast equals the reference's cast
+    (the rule is `dpq.config.check_fp8_max`, which QuantConfig applies too)."""
+    from dpq.config import check_fp8_max as check_e4m3_fp8_max  # noqa: PLC0415
+
     if fp8_max is None:
         raise ValueError("w4a8_gemm needs fp8_max (W4A8); W4A16 modules run on the reference backend")
-    f = float(fp8_max)
-    if not 0 < f <= E4M3FN_MAX or float(fp8_cast(torch.tensor(f), E4M3FN_MAX)) != f:
-        raise ValueError(f"fp8_max={fp8_max}: must be an E4M3 value in (0, 448], e.g. 448 or 240")
-    return f
+    return check_e4m3_fp8_max(fp8_max)
 
 
 def quantize_fp8(x: torch.Tensor, s_x, fp8_max: float = E4M3FN_MAX) -> torch.Tensor:

@@ -72,13 +72,48 @@ def _gemma3() -> ModelSource:
     return ModelSource("gemma3-270m", str(cache), g.MODEL_NAME)
 
 
+def looks_like_path(model: str) -> bool:
+    """A MODEL argument meant as a local path rather than a hub name.
+
+    Hub names are "name" or "owner/name" (huggingface_hub's repo-id rule); anything else is a path: it
+    starts with "/", ".", "~" or a drive, has two or more separators or a backslash, ends in "/", or ends in
+    a weights-file suffix (.gguf, .safetensors, .bin).
+    """
+    from huggingface_hub.utils import HFValidationError, validate_repo_id  # noqa: PLC0415
+
+    if model.startswith((".", "~", "/")) or model.endswith((".gguf", ".safetensors", ".bin")):
+        return True
+    try:
+        validate_repo_id(model)
+    except HFValidationError:
+        return True
+    return False
+
+
+def _dpq_checkpoint_source(p: Path) -> str | None:
+    """If the directory p holds a dpq checkpoint, the float model it records ("" when none); else None."""
+    import json  # noqa: PLC0415
+
+    try:
+        cfg = json.loads((p / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    block = cfg.get("quantization_config") if isinstance(cfg, dict) else None
+    if not isinstance(block, dict) or block.get("quant_method") != "dpq":
+        return None
+    return str(block.get("source_model") or "")
+
+
 def resolve(model: str | None) -> ModelSource:
-    """Turn a user's MODEL argument into a `ModelSource` (no loading yet)."""
+    """Turn a user's MODEL argument into a `ModelSource` of a float model (no loading yet).
+
+    A path that does not exist, and a dpq checkpoint (already quantized), are refused here.
+    """
     if model is None or model == DEFAULT_MODEL:
         return _smollm2()
     if model == "gemma3-270m":
         return _gemma3()
-    p = Path(model)
+    p = Path(model).expanduser()
     if p.suffix == ".gguf":
         if not p.is_file():
             raise ModelLoadError(f"GGUF file {model} does not exist")
@@ -89,7 +124,16 @@ def resolve(model: str | None) -> ModelSource:
                 f"{model} is not a model directory (no config.json): give a directory written by "
                 "save_pretrained, a .gguf file, a hub name, or one of " + ", ".join(BUNDLED)
             )
+        source = _dpq_checkpoint_source(p)
+        if source is not None:
+            raise ModelLoadError(
+                f"{model} is a dpq checkpoint, already quantized: give the float model it was quantized from"
+                + (f" ({source})" if source else "")
+            )
         return ModelSource(p.name, str(p), None)
+    if looks_like_path(model):
+        raise ModelLoadError(f"{model}: path does not exist (give an existing model directory or .gguf file, "
+                             "a hub name such as HuggingFaceTB/SmolLM2-135M, or one of " + ", ".join(BUNDLED) + ")")
     return ModelSource(model, model, None)  # a hub name
 
 

@@ -15,8 +15,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dpq.config import TARGETS, check_target
 from dpq.kernels import ops
-from dpq.kernels.reference import ACC_DTYPE, dequant_weight, linear_from_dequant, linear_per_token, vllm_dequant_weight
+from dpq.kernels.reference import ACC_DTYPE, OUT_DTYPE, dequant_weight, linear_from_dequant, linear_per_token, vllm_dequant_weight
 from dpq.numerics.int4 import num_groups, pack_int4, storage_dtype
 from dpq.numerics.qweight import QuantizedWeight
 
@@ -41,10 +42,9 @@ class W4A8Linear(nn.Module):
         target: str = "paper",
     ) -> None:
         super().__init__()
-        if target not in ("paper", "vllm-w4afp8"):
-            raise ValueError(f"target {target!r}: use paper or vllm-w4afp8")
-        if target == "vllm-w4afp8" and fp8_max != 448.0:
-            raise ValueError(f"target vllm-w4afp8 runs E4M3FN activations (F = 448), got fp8_max={fp8_max}")
+        if target not in TARGETS:
+            raise ValueError(f"target {target!r}: use one of {', '.join(TARGETS)}")
+        check_target(target, fp8_max=fp8_max, group_size=in_features if group_size == -1 else group_size)
         self.target = target
         self.in_features = in_features
         self.out_features = out_features
@@ -111,19 +111,28 @@ class W4A8Linear(nn.Module):
         return super()._apply(fn, recurse)
 
     def dequantized_weight(self) -> torch.Tensor:
-        """W8 = fp8((q - z) * s_g) [N, K] (float8_e4m3fn), or float32 for W4A16; cached.
+        """The quantized weight divided by s_w, [N, K], cached: for every target the weight this Linear
+        applies is `dequantized_weight().float() * weight_scale` (see `effective_weight`).
 
-        Target vllm-w4afp8: the real-unit weight vLLM applies, chan * fp8((q - 8) * s8), float32.
+        target "paper", W4A8: W8 = fp8((q - z) * s_g), float8_e4m3fn; W4A16: (q - z) * s_g, float32.
+        target "vllm-w4afp8": chan * fp8((q - 8) * s8) / s_w, float32 (dpq.numerics.vllm_w4afp8; exact,
+        s_w is a power of two).
         """
         if self._dequant_cache is None and self.dynamic_act:
-            self._dequant_cache = vllm_dequant_weight(
+            real = vllm_dequant_weight(
                 self.weight, self.scales.float() * self.weight_scale.float(), self.in_features, self.group_size
             )
+            self._dequant_cache = real / self.weight_scale.float()
         if self._dequant_cache is None:
             self._dequant_cache = dequant_weight(
                 self.weight, self.scales, self.zeros, self.in_features, self.group_size, self.fp8_max
             )
         return self._dequant_cache
+
+    def effective_weight(self) -> torch.Tensor:
+        """The weight this Linear applies, in real units, [N, K] float32 (not cached):
+        `dequantized_weight() * s_w` for every target."""
+        return self.dequantized_weight().to(ACC_DTYPE) * self.weight_scale.to(ACC_DTYPE)
 
     def reference_weight(self) -> torch.Tensor:
         """The weight the reference path multiplies: `dequantized_weight()`, or its exact float32
@@ -140,7 +149,9 @@ class W4A8Linear(nn.Module):
         s_w = self.weight_scale
         s_x = self.input_scale
         if self.dynamic_act:  # no fast kernel for per-token dynamic FP8 yet: the reference
-            y = linear_per_token(x, self.reference_weight(), self.bias)
+            y = linear_per_token(x, self.reference_weight(), None) * s_w.to(OUT_DTYPE)  # exact: s_w = 2^e
+            if self.bias is not None:
+                y = y + self.bias.to(OUT_DTYPE)
         elif backend == "triton":
             from dpq.kernels.triton_linear import w4a8_linear_module  # imported only where used
 
