@@ -8,6 +8,8 @@ from __future__ import annotations
 import pytest
 
 import dpq.api
+import dpq.io.data
+import dpq.pipeline
 import dpq.eval.run
 from dpq.cli import main
 
@@ -30,7 +32,8 @@ def no_calibration(monkeypatch):
     def calibrate(*_a, **_k):
         pytest.fail("the bad input was only noticed after calibration started")
 
-    monkeypatch.setattr(dpq.api, "calibration_batches", calibrate)
+    monkeypatch.setattr(dpq.io.data, "calibration_batches", calibrate)
+    monkeypatch.setattr(dpq.pipeline, "quantize_model", calibrate)
 
 
 QUICK = ["--calib-samples", "2", "--seq-len", "32", "--group-size", "32"]
@@ -140,8 +143,8 @@ def test_quantizing_a_checkpoint_again_is_refused(tiny_llama_dir, tmp_path, caps
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
     cfg = dpq.QuantConfig.for_method("rtn-w4a16", group_size=32)
-    dpq.quantize(model, tok, cfg, calib=torch.zeros(1, 8, dtype=torch.long), progress=False)
-    ck = dpq.save(model, tok, tmp_path / "ck", cfg, source_model=str(tiny_llama_dir))
+    result = dpq.quantize(model, tok, cfg, calib=torch.zeros(1, 8, dtype=torch.long), progress=False)
+    ck = dpq.save(result, tmp_path / "ck", source_model=str(tiny_llama_dir))
     _refused(["quantize", ck, "--out", tmp_path / "q", *QUICK], capsys,
              "is a dpq checkpoint, already quantized: give the float model it was quantized from",
              str(tiny_llama_dir))

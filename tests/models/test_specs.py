@@ -109,8 +109,9 @@ def test_gemma3_multimodal_text_decoder_quantizes(tmp_path):
     with torch.no_grad():
         ref = model(calib[:1]).logits
     vision = {n: p.clone() for n, p in model.model.vision_tower.named_parameters()}
-    summary = dpq.quantize(model, None, QuantConfig.for_method("dpq-gar", group_size=64), calib=calib,
-                           progress=False)
+    result = dpq.quantize(model, None, QuantConfig.for_method("dpq-gar", group_size=64), calib=calib,
+                          progress=False)
+    summary = result.summary
     layers = get_submodule(model, GEMMA3.layers)
     assert len(summary.linears) == len(layers) * len(GEMMA3.linears) == 14
     assert all(r.name.startswith("model.language_model.layers.") for r in summary.linears)
@@ -124,7 +125,6 @@ def test_gemma3_multimodal_text_decoder_quantizes(tmp_path):
         out = model(calib[:1]).logits
     cos = torch.nn.functional.cosine_similarity(ref.flatten(), out.flatten(), dim=0)
     assert cos > 0.9, float(cos)
-    cfg = QuantConfig.for_method("dpq-gar", group_size=64)
-    loaded, _ = dpq.load(dpq.save(model, None, tmp_path / "ck", cfg))
+    loaded, _ = dpq.load(dpq.save(result, tmp_path / "ck"))
     with torch.no_grad():
         assert torch.equal(loaded(calib[:1]).logits, out)
