@@ -15,6 +15,7 @@ It costs 4 bytes per weight element.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 
@@ -49,6 +50,19 @@ def set_float_cache(mode: str | None) -> None:
     if mode is not None and mode not in FLOAT_CACHE_MODES:
         raise ValueError(f"float cache {mode!r}: use one of {', '.join(FLOAT_CACHE_MODES)}")
     _float_cache = mode
+
+
+@contextlib.contextmanager
+def float_cache(mode: str | None):
+    """`set_float_cache(mode)` inside the block only (the calibration driver turns the cache off: a
+    layer's weights are then held once, in FP8, while its Linears are solved)."""
+    global _float_cache
+    before = _float_cache
+    set_float_cache(mode)
+    try:
+        yield
+    finally:
+        _float_cache = before
 
 
 def keep_float_weight(device: torch.device) -> bool:

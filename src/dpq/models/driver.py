@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from dpq.algorithms import ERROR_ROWS, relative_output_error, relative_weight_error, solve
 from dpq.algorithms.hessian import HessianAccumulator
 from dpq.config import QuantConfig
+from dpq.kernels import ops
 from dpq.models.activations import ActivationStore
 from dpq.models.capture import Stop, capture_inputs, decoder_base, run_layer
 from dpq.models.observers import ActObserver
@@ -143,7 +144,18 @@ def _quantize_group(layer, names, hidden, kwargs, index, prefix, config, device,
 
 def _quantize_layer(layer, spec: ArchSpec, hidden, kwargs, i, prefix, config, device, summary, clock, store,
                     replay_attention: bool = True):
-    """Quantize one decoder layer's Linears set by set; returns its outputs (the next layer's inputs)."""
+    """Quantize one decoder layer's Linears set by set; returns its outputs (the next layer's inputs).
+
+    The reference path's float32 weight cache is off meanwhile: the quantized Linears that run in the
+    later passes keep only their FP8 weights (1 byte per weight instead of 5), same outputs.
+    """
+    with ops.float_cache("off"):
+        return _quantize_layer_sets(layer, spec, hidden, kwargs, i, prefix, config, device, summary, clock, store,
+                                    replay_attention)
+
+
+def _quantize_layer_sets(layer, spec, hidden, kwargs, i, prefix, config, device, summary, clock, store,
+                         replay_attention):
     replay, attention = None, None
     try:
         for names in spec.sequence:
