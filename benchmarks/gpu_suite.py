@@ -261,7 +261,7 @@ def main(argv=None) -> int:
     commit = args.commit or _git_commit()
     s.result["meta"] = dict(
         command="python3 " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
-        git_commit=commit, dry_run=args.dry_run, budget_s=args.budget_s,
+        commit=commit, dry_run=args.dry_run, budget_s=args.budget_s,
         device=torch.cuda.get_device_name() if not args.dry_run else "cpu (dry run: TRITON_INTERPRET=1, not a measurement)",
         machine=dict(platform=platform.platform(), cpu_count=os.cpu_count()))
     for name, fn in (("env", env), ("tests", tests), ("gemm", gemm), ("e2e", e2e), ("quantize", quantize)):

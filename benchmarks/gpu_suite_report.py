@@ -69,7 +69,7 @@ def _fmt(v) -> str:
 def markdown(result: dict) -> str:
     meta, sec = result["meta"], result["sections"]
     lines = [f"# dpq GPU suite: {meta.get('device')}", "",
-             f"`{meta.get('command')}` at {str(meta.get('git_commit'))[:12]}; total {meta.get('total_seconds', '?')} s", ""]
+             f"`{meta.get('command')}` at {str(meta.get('commit'))[:12]}; total {meta.get('total_seconds', '?')} s", ""]
     lines += ["| section | seconds | result |", "|---|---|---|"]
     for name, r in sec.items():
         what = r.get("error") or r.get("skipped") or r.get("summary") or "ok"

@@ -76,7 +76,7 @@ def pruned_reasons(rows) -> dict:
 
 def markdown(rows, meta) -> str:
     lines = [f"# Kernel compile table ({meta['triton']}, ptxas of the triton wheel; no GPU)", "",
-             f"`{meta['command']}` at {meta['git_commit'][:12]}: {meta['jobs']} compiles in {meta['wall_s']:.0f} s "
+             f"`{meta['command']}` at {meta['commit'][:12]}: {meta['jobs']} compiles in {meta['wall_s']:.0f} s "
              f"wall, {meta['cpu_s']:.0f} CPU-s on {meta['machine']['cpu_count']} CPUs.", "",
              "regs: registers per thread; spill: bytes of spill stores; shared: bytes of shared memory "
              "(Triton's count, checked against the device at load: 101376 on sm_89, 232448 on sm_90/sm_100); "
@@ -114,7 +114,7 @@ def main(argv=None) -> int:
     meta = dict(command=(f"PYTHONPATH={path} " if path else "") + "python "
                 + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
                 triton_file=triton.__file__,
-                git_commit=commit or "unknown", triton=f"triton {triton.__version__}", torch=torch.__version__,
+                commit=commit or "unknown", triton=f"triton {triton.__version__}", torch=torch.__version__,
                 machine=dict(platform=platform.platform(), cpu_count=os.cpu_count(),
                              device="none: ahead-of-time compile on the CPU"),
                 jobs=len(jobs), wall_s=time.perf_counter() - t0,
