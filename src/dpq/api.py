@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 
 from dpq.config import QuantConfig
-from dpq.io.checkpoint import WEIGHTS, read_quant_block
 from dpq.io.checkpoint import save as _save
 from dpq.io.data import calibration_batches, fingerprint
 from dpq.io.load import load as _load
@@ -100,33 +99,32 @@ def load_any(model_or_dir: str | None, device: str = "cpu"):
 def info(path: str) -> dict:
     """What a checkpoint holds: method, settings, sizes of the quantized Linears against BF16.
 
+    Checks first what `load` checks (manifest and sha256, tensor names, shapes, dtypes, scale and
+    float values) and raises CheckpointError naming the problem.
     "concentrated" names the Linears whose calibration inputs a few tokens dominated
     ({name: top-0.1%-token share of tr(H)} above `dpq.models.driver.CONCENTRATED_SHARE`).
     """
-    from safetensors import safe_open  # noqa: PLC0415
+    from dpq.io.load import check  # noqa: PLC0415
 
     p = Path(path)
-    block = read_quant_block(p)
-    modules = set(block["modules"])
+    block, headers = check(p)
+    modules = block["modules"]
     q_bytes = 0
     bf16_bytes = 0
     other_bytes = 0
-    with safe_open(str(p / WEIGHTS), framework="pt") as sf:
-        for key in sf.keys():
-            sl = sf.get_slice(key)
-            shape = sl.get_shape()
-            numel = 1
-            for d in shape:
-                numel *= d
-            nbytes = numel * _dtype_size(sl.get_dtype())
-            module, _, leaf = key.rpartition(".")
-            if module in modules:
-                q_bytes += nbytes if leaf != "bias" else 0
-                if leaf in ("weight", "qweight"):  # qweight: format version 1
-                    n, k = block["modules"][module]
-                    bf16_bytes += n * k * 2
-            else:
-                other_bytes += nbytes
+    for key, (shape, dtype, _) in headers.items():
+        numel = 1
+        for d in shape:
+            numel *= d
+        nbytes = numel * _dtype_size(dtype)
+        module, _, leaf = key.rpartition(".")
+        if module in modules:
+            q_bytes += nbytes if leaf != "bias" else 0
+            if leaf == "weight":  # the packed codes (version 1 names them qweight; headers use version 2 names)
+                n, k = modules[module]
+                bf16_bytes += n * k * 2
+        else:
+            other_bytes += nbytes
     cfg = json.loads((p / "config.json").read_text())
     return {
         "path": str(p),
@@ -146,4 +144,4 @@ def info(path: str) -> dict:
 
 
 def _dtype_size(name: str) -> int:
-    return {"U8": 1, "I8": 1, "F8_E4M3": 1, "BF16": 2, "F16": 2, "F32": 4, "I32": 4, "I64": 8, "F64": 8, "BOOL": 1}[name]
+    return {"U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "BF16": 2, "F16": 2, "F32": 4, "I32": 4, "I64": 8, "F64": 8, "BOOL": 1}[name]
