@@ -84,12 +84,23 @@ def load_any(model_or_dir: str | None, device: str = "cpu"):
     """(model, tokenizer, name) for a dpq checkpoint directory or any float model dpq can load.
 
     A float model is named as `dpq quantize`'s MODEL: bundled name, directory, .gguf file or hub name.
+    Refuses, before loading, a checkpoint without tokenizer files and a directory that holds a dpq
+    checkpoint's tensors under a config.json without its dpq quantization_config.
     """
-    from dpq.io.checkpoint import is_checkpoint  # noqa: PLC0415
+    from dpq.io.checkpoint import CheckpointError, is_checkpoint  # noqa: PLC0415
 
     if model_or_dir is not None and is_checkpoint(model_or_dir):
+        p = Path(model_or_dir)
+        if not (p / "tokenizer_config.json").is_file():
+            raise CheckpointError(
+                f"{p} has no tokenizer (tokenizer_config.json): copy the source model's tokenizer into it, "
+                f"e.g. AutoTokenizer.from_pretrained(SOURCE).save_pretrained('{p}')")
         model, tok = load(model_or_dir, device=device)
         return model, tok, str(model_or_dir)
+    if model_or_dir is not None and Path(model_or_dir).is_dir():
+        from dpq.io.verify import refuse_broken_checkpoint  # noqa: PLC0415
+
+        refuse_broken_checkpoint(Path(model_or_dir))
     from dpq.models.loading import load_float_model  # noqa: PLC0415
 
     model, tok, src = load_float_model(model_or_dir, device=device)

@@ -139,8 +139,9 @@ def _eval_options(p, default_max_windows=None) -> None:
     p.add_argument("--ppl", default="wikitext2", choices=["wikitext2", "none"], help="perplexity data set, or none")
     p.add_argument("--seq-len", type=int, default=2048, help="perplexity window in tokens")
     p.add_argument("--max-windows", type=int, default=default_max_windows, help="use only the first N windows")
-    p.add_argument("--tasks", default="", help="comma-separated: piqa,arc_easy,arc_challenge,boolq,openbookqa,"
-                   "winogrande,lambada,hellaswag,mmlu")
+    p.add_argument("--tasks", default="", help="comma-separated: dpq's local tasks piqa,arc_easy,arc_challenge,boolq,"
+                   "openbookqa,winogrande,lambada,hellaswag,mmlu (offline; all = these nine) and/or any "
+                   "lm-eval task name (loaded as lm-eval loads it)")
     p.add_argument("--limit", type=float, default=None, help="examples per task (lm-eval --limit)")
     p.add_argument("--num-fewshot", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=1, help="lm-eval batch size")
@@ -179,6 +180,8 @@ def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="WikiText-2 perplexity and zero-shot tasks of a float model or a checkpoint")
     p.add_argument("model", nargs="?", default=None, help="dpq checkpoint directory or float model (default smollm2-135m)")
     _eval_options(p)
+    p.add_argument("--include-path", default=None, metavar="DIR",
+                   help="a folder of your own lm-eval task YAMLs; their task names go in --tasks")
     p.add_argument("--vs-float", action="store_true",
                    help="for a checkpoint: also evaluate the float model it was quantized from and show the change")
     p.set_defaults(func=cmd_eval)
@@ -195,8 +198,8 @@ def cmd_eval(a) -> int:
         source = read_quant_block(a.model).get("source_model") if a.model else None
         if not source:
             raise ValueError("--vs-float needs a dpq checkpoint that records its source model (dpq quantize writes it)")
-        results.append(evaluate_path(source, device=a.device, **_eval_kwargs(a)))
-    results.append(evaluate_path(a.model, device=a.device, **_eval_kwargs(a)))
+        results.append(evaluate_path(source, device=a.device, include_path=a.include_path, **_eval_kwargs(a)))
+    results.append(evaluate_path(a.model, device=a.device, include_path=a.include_path, **_eval_kwargs(a)))
     print(to_markdown(results))
     _write_json(a.json_out, results if a.vs_float else results[0])
     return 0

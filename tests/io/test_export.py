@@ -97,13 +97,16 @@ def test_export_files_and_config(paper_dirs):
                               "strategy": "group", "group_size": 32}
     assert grp["input_activations"]["type"] == "float" and grp["input_activations"]["strategy"] == "tensor"
     assert grp["input_activations"]["dynamic"] is False
+    assert grp["weights"]["zp_dtype"] == "int32"
     assert q["ignore"] == ["lm_head"]
     src = dpq.io.checkpoint.read_tensors(ck)
     with safe_open(str(out / "model.safetensors"), framework="pt") as f:
         name = "model.layers.0.mlp.up_proj"  # N = 160, K = 96, G = 3
         assert f.get_tensor(f"{name}.weight_packed").shape == (160, 12)
         assert f.get_tensor(f"{name}.weight_packed").dtype == torch.int32
-        assert f.get_tensor(f"{name}.weight_zero_point").shape == (20, 3)
+        zp = f.get_tensor(f"{name}.weight_zero_point")  # [N, G] int32: packed along N, then zero rows
+        assert zp.shape == (160, 3) and zp.dtype == torch.int32
+        assert torch.equal(zp[:20], pack_int4_int32(src[f"{name}.zeros"].t()).t()) and not zp[20:].any()
         assert f.get_tensor(f"{name}.weight_shape").tolist() == [160, 96]
         s_w = float(src[f"{name}.weight_scale"])
         assert torch.equal(f.get_tensor(f"{name}.weight_scale").float(), src[f"{name}.scales"].float() * s_w)
@@ -160,15 +163,50 @@ def test_paper_asymmetric_dequantized_weights_exact(paper_dirs):
         assert torch.equal(ct.get_submodule(name).weight.detach(), w)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "transformers 5.23 + compressed-tensors 0.20: the default (compressed) load path builds the module "
-    "layout on the meta device, where PackedQuantizationCompressor.compress does not pack the zero point, "
-    "so a packed [ceil(N/8), G] weight_zero_point mismatches [N, G]; load with "
-    "CompressedTensorsConfig(dequantize=True) or export symmetric"))
-def test_paper_asymmetric_default_load(paper_dirs):
+def test_paper_asymmetric_default_load_runs_fp8_activations(paper_dirs, smollm2_tokenizer):
+    """Plain from_pretrained (no arguments) loads the asymmetric export; after the first forward each Linear
+    holds exactly (q - z) * s_g * s_w and fake-quantizes its input to FP8 with the static s_x."""
     from transformers import AutoModelForCausalLM
 
-    AutoModelForCausalLM.from_pretrained(paper_dirs[False][1])
+    ck, out = paper_dirs[False]
+    ct = AutoModelForCausalLM.from_pretrained(out).eval()
+    ref, _ = dpq.load(ck, dtype=torch.float32)
+    ids = _ids(smollm2_tokenizer)
+    with torch.no_grad():
+        a, b = ct(ids).logits, ref(ids).logits.float()  # the first forward decompresses the weights
+    src = dpq.io.checkpoint.read_tensors(ck)
+    for name, k in (("model.layers.1.mlp.down_proj", 160), ("model.layers.0.self_attn.k_proj", 96)):
+        w = dequantize(unpack_int4(src[f"{name}.weight"], k), src[f"{name}.scales"].float(),
+                       src[f"{name}.zeros"].float(), 32) * float(src[f"{name}.weight_scale"])
+        lin = ct.get_submodule(name)
+        assert torch.equal(lin.weight.detach(), w)
+        x = torch.randn(5, k)
+        s_x = float(src[f"{name}.input_scale"])
+        with torch.no_grad():
+            assert torch.allclose(lin(x), (fp8_cast(x / s_x) * s_x) @ w.t(), rtol=1e-5, atol=1e-6)
+    rel = float((a - b).norm() / b.norm())
+    assert rel < 0.10, rel  # FP8 weight rounding and dpq's BF16 outputs, as for the symmetric export
+
+
+def test_upstream_packed_zero_points_still_fail_to_load(paper_dirs, tmp_path):
+    """The defect the padded layout works around (transformers 5.24, compressed-tensors 0.20.1): the standard
+    packed [ceil(N/8), G] weight_zero_point mismatches the [N, G] layout transformers builds on the meta device.
+    When this test fails, upstream has fixed it: export the standard layout again (dpq.io.export docstring)."""
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "std"
+    shutil.copytree(paper_dirs[False][1], out)
+    t = load_file(out / "model.safetensors")
+    for key in [k for k in t if k.endswith("weight_zero_point")]:
+        n = int(t[key.replace("weight_zero_point", "weight_shape")][0])
+        t[key] = t[key][: (n + 7) // 8].contiguous()
+    save_file(t, out / "model.safetensors", metadata={"format": "pt"})
+    cfg = json.loads((out / "config.json").read_text())
+    del cfg["quantization_config"]["config_groups"]["group_0"]["weights"]["zp_dtype"]
+    (out / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
+        AutoModelForCausalLM.from_pretrained(out)
 
 
 def test_vllm_target_export_and_numerics(vllm_dirs, smollm2_tokenizer):
@@ -203,7 +241,7 @@ def test_vllm_target_export_and_numerics(vllm_dirs, smollm2_tokenizer):
     rel = float((a - b).norm() / b.norm())
     assert rel < 0.15, rel  # FP8 re-quantization of weights (~3% of the weight on random layers) compounds
     info = json.loads((out / "dpq_export.json").read_text())
-    assert info["weight_difference"]["vllm_vs_dpq"]["max"] == 0.0
+    assert set(info["weight_difference"]) == {"transformers_vs_dpq"}  # nothing claimed about vLLM unmeasured
 
 
 def test_dpq_for_vllm_beats_plain_gptq_under_vllm_numerics():

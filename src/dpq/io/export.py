@@ -5,11 +5,9 @@
 Two targets, chosen by how DIR was calibrated (`QuantConfig.target`):
 
 paper        INT4 group weights (asymmetric: scale + zero point; symmetric when the
-             checkpoint is), static per-tensor FP8 input activations. transformers
-             with compressed-tensors loads and runs it; asymmetric exports need
-             `quantization_config=CompressedTensorsConfig(dequantize=True)` with
-             transformers 5.23 + compressed-tensors 0.20, whose default load path
-             expects an unpacked zero point (tests/io/test_export.py records it).
+             checkpoint is), static per-tensor FP8 input activations. Plain
+             `AutoModelForCausalLM.from_pretrained(OUT)` (transformers + compressed-tensors,
+             default arguments) loads and runs it with the FP8 activation quantization on.
              vLLM has no scheme for INT4 weights with static FP8 activations.
 vllm-w4afp8  INT4 symmetric g128 weights, dynamic per-token FP8 activations: the
              compressed-tensors `W4AFP8` scheme vLLM runs on SM90 with CUTLASS.
@@ -21,10 +19,20 @@ compressed-tensors layout, read from compressed_tensors 0.20
                                               stored nibble is the signed code + 8, i.e.
                                               exactly dpq's unsigned code q in [0, 15]
     weight_scale       [N, G]                 dequant: (q_signed - zp_signed) * scale
-    weight_zero_point  [ceil(N/8), G] int32   asymmetric only: signed zp + 8 (= dpq's z),
-                                              packed the same way along the output dim
+    weight_zero_point  [N, G] int32           asymmetric only: the zero points (signed zp + 8 =
+                                              dpq's z) packed along N into the first ceil(N/8)
+                                              rows, the other rows 0; config: zp_dtype int32
     weight_shape       [2] int64              (N, K)
     input_scale        [1]                    paper target: the static s_x
+
+Why the zero points are padded (transformers 5.24, compressed-tensors 0.20.1): the default
+load path (`CompressedTensorsHfQuantizer._process_model_before_weight_loading`) lays the
+model out with `PackedQuantizationCompressor.compress` on the meta device, whose meta branch
+leaves `weight_zero_point` unpacked, [N, G], in the scheme's zp_dtype (int8 by default); the
+checkpoint's packed [ceil(N/8), G] tensor is then a size mismatch (RuntimeError). On the first
+forward, `decompress` unpacks the loaded tensor as packed int32 ([:N] of its nibbles along N),
+so an int32 [N, G] tensor holding the packed words first loads and decompresses exactly.
+tests/io/test_export.py keeps a test that the standard packed layout still fails to load.
 
 dpq's inference weight is s_w * fp8((q - z) * s_g); compressed-tensors'
 dequant is (q - z) * scale with no FP8 rounding of the weight, so the exported
@@ -160,6 +168,8 @@ def quantization_config(config: QuantConfig, ignore: list[str], target: str) -> 
         "strategy": "channel" if g == -1 else "group", "group_size": None if g == -1 else g,
         "dynamic": False, "actorder": None, "observer": "minmax", "observer_kwargs": {},
     }
+    if not config.weight.symmetric:
+        weights["zp_dtype"] = "int32"  # the layout transformers builds must take the packed words
     acts = None
     if config.fp8.enabled:
         dynamic = target == "vllm-w4afp8"
@@ -223,13 +233,22 @@ def _convert_tensors(tensors: dict, block: dict, cfg: dict, target: str) -> tupl
         out[f"{name}.weight_scale"] = scale
         out[f"{name}.weight_shape"] = torch.tensor([n, k], dtype=torch.int64)
         if not config.weight.symmetric:
-            out[f"{name}.weight_zero_point"] = pack_int4_int32(zero.t()).t().contiguous()  # [ceil(N/8), G]
+            out[f"{name}.weight_zero_point"] = padded_zero_points(zero)  # [N, G] int32
         if target == "paper" and config.fp8.enabled:
             out[f"{name}.input_scale"] = tensors[f"{name}.input_scale"].float().reshape(1).to(float_dtype)
         if f"{name}.bias" in tensors:
             out[f"{name}.bias"] = tensors[f"{name}.bias"].to(float_dtype)
         report[name] = _weight_difference(codes, s_g, zero.float(), s_w, config, target)
     return out, report
+
+
+def padded_zero_points(zero: torch.Tensor) -> torch.Tensor:
+    """dpq's zero points [N, G] uint8 (0..15) as the int32 [N, G] tensor transformers loads: packed
+    along N into rows 0..ceil(N/8)-1 (compressed-tensors' layout), zero rows after (see the module doc)."""
+    packed = pack_int4_int32(zero.t()).t()  # [ceil(N/8), G] int32
+    out = torch.zeros(zero.shape, dtype=torch.int32)
+    out[: packed.shape[0]] = packed
+    return out
 
 
 def _weight_difference(codes, s_g, zero, s_w, config: QuantConfig, target: str) -> dict:
@@ -240,7 +259,7 @@ def _weight_difference(codes, s_g, zero, s_w, config: QuantConfig, target: str) 
         ref = fp8_cast(dequantize(codes, s_g, zero, g), config.fp8.fp8_max) * s_w if config.fp8.enabled else ct
         return {"transformers_vs_dpq": _rel(ct, ref)}
     ref = vllm_w4afp8.effective_weight(codes, s_g * s_w, g)  # what dpq calibrated for == what vLLM applies
-    return {"transformers_vs_dpq": _rel(ct, ref), "vllm_vs_dpq": 0.0}
+    return {"transformers_vs_dpq": _rel(ct, ref)}  # vLLM applies `ref` by construction (not measured here)
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:

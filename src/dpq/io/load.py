@@ -55,9 +55,12 @@ def load(path: str, device: str = "cpu", dtype: torch.dtype | None = None, **kwa
     import dpq.integrations.hf_quantizer as hf  # noqa: PLC0415
     from transformers import AutoModelForCausalLM  # noqa: PLC0415
 
+    from dpq.io.verify import refuse_broken_checkpoint  # noqa: PLC0415
+
     p = Path(path)
     if not p.is_dir():
         raise CheckpointError(f"{p} is not a directory: give the --out directory of dpq quantize")
+    refuse_broken_checkpoint(p)
     read_quant_block(p)  # a clear error before transformers sees a foreign or broken block
     hf.register()
     model = AutoModelForCausalLM.from_pretrained(p, dtype=dtype or "auto", **kwargs)
@@ -79,6 +82,7 @@ def check(path: str | Path) -> tuple[dict, dict]:
         check_manifest,
         check_quant_values,
         read_headers,
+        refuse_broken_checkpoint,
         stream_tensors,
         weight_files,
     )
@@ -86,6 +90,7 @@ def check(path: str | Path) -> tuple[dict, dict]:
     p = Path(path)
     if not p.is_dir():
         raise CheckpointError(f"{p} is not a directory: give the --out directory of dpq quantize")
+    refuse_broken_checkpoint(p)
     block = read_quant_block(p)
     files = weight_files(p)
     check_manifest(p, block, files)

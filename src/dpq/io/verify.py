@@ -181,3 +181,46 @@ def stream_tensors(headers: Headers) -> Iterator[tuple[str, torch.Tensor]]:
         with safe_open(str(f), framework="pt") as sf:
             for key in keys:
                 yield key, sf.get_tensor(key)
+
+
+def dpq_traces(path: Path) -> str | None:
+    """Why `path` looks like a dpq checkpoint (its manifest, dpq's tensor names or file metadata), else None.
+
+    For a directory whose config.json lost its dpq quantization_config: a float loader would give
+    its quantized Linears random weights (format 1) or stop on a shape mismatch (format 2).
+    """
+    if (path / MANIFEST).is_file():
+        return f"it holds {MANIFEST}"
+    try:
+        files = weight_files(path)
+    except CheckpointError:
+        return None
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt") as sf:
+                if "dpq_format_version" in (sf.metadata() or {}):
+                    return f"{f.name} was written by dpq"
+                leaves = {k.rpartition(".")[2] for k in sf.keys()}
+        except (SafetensorError, OSError, RuntimeError):
+            return None
+        if {"scales", "zeros", "weight_scale"} <= leaves or V1_CODES in leaves:
+            return f"{f.name} holds packed INT4 Linears (scales, zeros, weight_scale)"
+    return None
+
+
+def refuse_broken_checkpoint(p: Path) -> None:
+    """Raise when `p` holds a dpq checkpoint whose config.json lost (or renamed) its quantization_config."""
+    why = dpq_traces(p)
+    if why is None:
+        return
+    try:
+        qc = json.loads((p / "config.json").read_text(encoding="utf-8")).get("quantization_config")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return  # read_quant_block names a missing or broken config.json
+    if isinstance(qc, dict) and qc.get("quant_method") == "dpq":
+        return
+    what = ("has no quantization_config" if not isinstance(qc, dict) else
+            f"has quantization_config.quant_method {qc.get('quant_method')!r}, not 'dpq'")
+    raise CheckpointError(
+        f"{p} is a dpq checkpoint ({why}) but its config.json {what}: loaded as a float model its quantized "
+        "Linears would not be the checkpoint's; restore config.json from the original checkpoint")
