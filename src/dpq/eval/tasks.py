@@ -221,8 +221,8 @@ def resolve_tasks(names, include_path: str | None = None) -> list[TaskSpec]:
     names = [n.lower() if n.lower() in TASKS or n.lower() == "all" else n for n in names]
     if "all" in names:
         names = list(TASKS) + [n for n in names if n != "all" and n not in TASKS]
-    include = harness.check_include_path(include_path)
     try:
+        include = harness.check_include_path(include_path)
         harness.check_names([n for n in names if n not in TASKS], include, list(TASKS))
     except harness.HarnessTaskError as e:
         raise TaskError(str(e)) from None

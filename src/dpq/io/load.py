@@ -55,13 +55,14 @@ def load(path: str, device: str = "cpu", dtype: torch.dtype | None = None, **kwa
     import dpq.integrations.hf_quantizer as hf  # noqa: PLC0415
     from transformers import AutoModelForCausalLM  # noqa: PLC0415
 
-    from dpq.io.verify import refuse_broken_checkpoint  # noqa: PLC0415
+    from dpq.io.verify import read_headers, refuse_broken_checkpoint, weight_files  # noqa: PLC0415
 
     p = Path(path)
     if not p.is_dir():
         raise CheckpointError(f"{p} is not a directory: give the --out directory of dpq quantize")
     refuse_broken_checkpoint(p)
-    read_quant_block(p)  # a clear error before transformers sees a foreign or broken block
+    block = read_quant_block(p)  # a clear error before transformers sees a foreign or broken block
+    read_headers(weight_files(p), block["format_version"])  # unreadable files named before transformers opens them
     hf.register()
     model = AutoModelForCausalLM.from_pretrained(p, dtype=dtype or "auto", **kwargs)
     if "device_map" not in kwargs:
