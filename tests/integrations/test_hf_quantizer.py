@@ -334,3 +334,22 @@ def test_hflm_takes_a_dpq_load_model(saved):
         lm = HFLM(pretrained=model, tokenizer=tok, batch_size=1)
         (ll, _), = lm.loglikelihood([Instance("loglikelihood", {}, (ctx, cont), 0)], disable_tqdm=True)
         assert ll == pytest.approx(want, abs=1e-3)
+
+
+# --- a real model (slow) -----------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_smollm2_from_pretrained_is_the_saved_model(smollm2, tmp_path):
+    """SmolLM2-135M (RTN W4A8 g64, static FP8 scales from 2 x 64 tokens): from_pretrained and dpq.load
+    give the in-memory quantized model's logits bit for bit."""
+    import copy
+
+    model, tok = smollm2
+    model = copy.deepcopy(model)
+    cfg = dpq.QuantConfig.for_method("rtn-w4a8", group_size=64, calib=dpq.CalibSpec(samples=2, seq_len=64))
+    dpq.quantize(model, tok, cfg, progress=False)
+    path = dpq.save(model, tok, tmp_path / "ck", cfg)
+    want = _logits(model, tok)
+    assert torch.equal(_logits(_auto(path), tok), want)
+    loaded, ltok = dpq.load(path)
+    assert torch.equal(_logits(loaded, ltok), want)
