@@ -64,8 +64,9 @@ def check_names(names: list[str], include_path: str | None, local: list[str]) ->
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             where = "lm-eval's tasks" + (f" or {include_path}" if include_path else "")
             raise HarnessTaskError(
-                f"unknown task {n!r}: not one of dpq's local tasks ({', '.join(local)}) nor in {where}{hint} "
-                "(`lm-eval ls tasks` lists lm-eval's; give your own task YAMLs with --include-path DIR)")
+                f"unknown task {n!r}: use one of dpq's local tasks ({', '.join(local)}), all, or a task in "
+                f"{where}{hint} (`lm-eval ls tasks` lists lm-eval's; give your own task YAMLs with "
+                "--include-path DIR)")
 
 
 def _metrics(res: dict) -> dict:
