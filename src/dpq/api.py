@@ -69,15 +69,16 @@ def load(path: str, device: str = "cpu", dtype: torch.dtype | None = None):
 
 
 def export(path: str, out: str, format: str = "compressed-tensors", target: str | None = None,
-           overwrite: bool = False) -> Path:
+           overwrite: bool = False, weights: str = "int4") -> Path:
     """Write the dpq checkpoint `path` as a compressed-tensors model directory `out` (atomic).
 
-    target: "paper" or "vllm-w4afp8"; None keeps the checkpoint's own. Refuses, with the
-    reason, what the format or vLLM cannot express (dpq.io.export.ExportError).
+    target: "paper" or "vllm-w4afp8"; None keeps the checkpoint's own. weights: "int4" (packed
+    INT4) or "fp8" (dpq's exact FP8 inference weights, paper target). Refuses, with the reason,
+    what the format or vLLM cannot express (dpq.io.export.ExportError).
     """
     from dpq.io.export import export as _export  # noqa: PLC0415
 
-    return _export(path, out, format=format, target=target, overwrite=overwrite)
+    return _export(path, out, format=format, target=target, overwrite=overwrite, weights=weights)
 
 
 def load_any(model_or_dir: str | None, device: str = "cpu"):

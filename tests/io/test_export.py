@@ -209,6 +209,38 @@ def test_upstream_packed_zero_points_still_fail_to_load(paper_dirs, tmp_path):
         AutoModelForCausalLM.from_pretrained(out)
 
 
+def test_fp8_weights_export_runs_dpq_numerics(paper_dirs, tmp_path, smollm2_tokenizer):
+    """--weights fp8: plain from_pretrained holds dpq's inference weight s_w * fp8((q - z) * s_g) exactly, and
+    each Linear's output rounded to BF16 is dpq's (up to the summation order)."""
+    from transformers import AutoModelForCausalLM
+
+    ck = paper_dirs[False][0]
+    out = dpq.export(ck, tmp_path / "fp8", weights="fp8")
+    q = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert q["format"] == "float-quantized"
+    assert q["config_groups"]["group_0"]["weights"]["type"] == "float"
+    assert json.loads((out / "dpq_export.json").read_text())["weight_difference"]["transformers_vs_dpq"]["max"] == 0
+    ct = AutoModelForCausalLM.from_pretrained(out).eval()
+    ref, _ = dpq.load(ck)
+    with torch.no_grad():
+        ct(_ids(smollm2_tokenizer, 8))  # decompress
+        for name in ("model.layers.0.self_attn.q_proj", "model.layers.1.mlp.down_proj"):
+            a, b = ct.get_submodule(name), ref.get_submodule(name)
+            assert torch.equal(a.weight, b.dequantized_weight().float() * b.weight_scale.float())
+            x = torch.randn(6, b.in_features)
+            assert torch.allclose(a(x).bfloat16().float(), b(x).float(), rtol=2**-7, atol=1e-5)
+
+
+def test_fp8_weights_refusals(paper_dirs, vllm_dirs, tmp_path):
+    with pytest.raises(ExportError, match="export this checkpoint with --weights int4"):
+        dpq.export(vllm_dirs[0], tmp_path / "a", weights="fp8")
+    with pytest.raises(ExportError, match="no FP8 numerics"):
+        check_exportable(_config(method="rtn-w4a16"), {"a": [256, 256]}, "paper", "fp8")
+    with pytest.raises(ExportError, match="weights 'fp4'"):
+        dpq.export(paper_dirs[True][0], tmp_path / "b", weights="fp4")
+    check_exportable(_config(group_size=128), {"a": [576, 576]}, "paper", "fp8")  # any K: one scale per tensor
+
+
 def test_vllm_target_export_and_numerics(vllm_dirs, smollm2_tokenizer):
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM
