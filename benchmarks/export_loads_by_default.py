@@ -1,16 +1,16 @@
 """Does the default export load with plain transformers, FP8 activations on, at dpq's perplexity?
 
-    python benchmarks/export_loads_by_default.py smollm2-135m --group-size 64 [--weights fp8]
-    python benchmarks/export_loads_by_default.py gemma3-270m [--weights fp8]
+    python benchmarks/export_loads_by_default.py smollm2-135m --group-size 64 [--weights int4]
+    python benchmarks/export_loads_by_default.py gemma3-270m [--weights int4]
 
 For one model: `dpq quantize` with the default method and settings (dpq-gar, asymmetric INT4, static
 FP8 activations; small calibration: --calib-samples 8 --seq-len 512), `dpq eval DIR` perplexity on the
 first --windows WikiText-2 test windows of 2048 tokens (kept in --work and reused),
-`dpq export DIR --format compressed-tensors [--weights fp8]`,
+`dpq export DIR --format compressed-tensors [--weights int4]` (default: dpq's default, fp8 here),
 then `AutoModelForCausalLM.from_pretrained(OUT)` with default arguments in a fresh process (no dpq
 import before it) and the same perplexity. Also checks that every quantized Linear of the loaded export
 quantizes its input to FP8 (scheme, static input_scale, DECOMPRESSED status after the first forward).
-Writes benchmarks/results/export-loads-by-default/<model>-g<group>[-fp8].json and prints a table row.
+Writes benchmarks/results/export-loads-by-default/<model>-g<group>-<weights>.json and prints a table row.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def run(a) -> dict:
     from dpq.models.loading import load_float_model
 
     work = Path(a.work or tempfile.mkdtemp(prefix="dpq-export-"))
-    ck, out = work / "ck", work / f"ct-{a.weights}"
+    ck, out = work / "ck", work / f"ct-{a.weights or 'default'}"
     t0 = time.time()
     if not ck.exists():
         model, tok, src = load_float_model(a.model)
@@ -109,7 +109,8 @@ def run(a) -> dict:
             "versions": _versions(),
         },
         "model": a.model, "method": "dpq-gar", "group_size": a.group_size, "symmetric": False,
-        "target": "paper", "export_weights": a.weights, "calibration": f"{a.calib_samples} x {a.seq_len} tokens WikiText-2 validation",
+        "target": "paper", "export_weights": info["weights"],
+        "calibration": f"{a.calib_samples} x {a.seq_len} tokens WikiText-2 validation",
         "ppl_protocol": f"WikiText-2 test, first {a.windows} windows of 2048 tokens",
         "ppl_dpq_eval": ref["wikitext2_ppl"], "windows": ref["windows"],
         "ppl_transformers_default": ct["ppl"],
@@ -127,18 +128,17 @@ def main() -> None:
     p.add_argument("--calib-samples", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--windows", type=int, default=2)
-    p.add_argument("--weights", default="int4", choices=["int4", "fp8"], help="dpq export --weights")
+    p.add_argument("--weights", default=None, choices=["int4", "fp8"], help="dpq export --weights (default: dpq's)")
     p.add_argument("--work", default=None, help="keep the checkpoint and export here (reused when present)")
     a = p.parse_args()
     r = run(a)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    suffix = "" if a.weights == "int4" else f"-{a.weights}"
-    path = RESULTS / f"{Path(a.model).name}-g{a.group_size}{suffix}.json"
+    path = RESULTS / f"{Path(a.model).name}-g{a.group_size}-{r['export_weights']}.json"
     path.write_text(json.dumps(r, indent=2))
     print("| model | group | export weights | dpq eval ppl | transformers ppl (default load) | diff | FP8 static inputs |")
     print("|---|---|---|---|---|---|---|")
     t = r["transformers_load"]
-    print(f"| {a.model} | {a.group_size} | {a.weights} | {r['ppl_dpq_eval']:.3f} | {r['ppl_transformers_default']:.3f} | "
+    print(f"| {a.model} | {a.group_size} | {r['export_weights']} | {r['ppl_dpq_eval']:.3f} | {r['ppl_transformers_default']:.3f} | "
           f"{100 * r['ppl_rel_diff']:+.2f}% | {t['fp8_static_input']}/{t['quantized_linears']} |")
     print(f"wrote {path}")
 

@@ -69,12 +69,13 @@ def load(path: str, device: str = "cpu", dtype: torch.dtype | None = None):
 
 
 def export(path: str, out: str, format: str = "compressed-tensors", target: str | None = None,
-           overwrite: bool = False, weights: str = "int4") -> Path:
+           overwrite: bool = False, weights: str | None = None) -> Path:
     """Write the dpq checkpoint `path` as a compressed-tensors model directory `out` (atomic).
 
     target: "paper" or "vllm-w4afp8"; None keeps the checkpoint's own. weights: "int4" (packed
-    INT4) or "fp8" (dpq's exact FP8 inference weights, paper target). Refuses, with the reason,
-    what the format or vLLM cannot express (dpq.io.export.ExportError).
+    INT4) or "fp8" (dpq's exact FP8 inference weights, paper target); None: fp8 for the paper
+    target with FP8, else int4. Refuses, with the reason, what the format or vLLM cannot express
+    (dpq.io.export.ExportError).
     """
     from dpq.io.export import export as _export  # noqa: PLC0415
 

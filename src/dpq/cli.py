@@ -104,9 +104,10 @@ def _add_export(sub) -> None:
     p.add_argument("--out", required=True, help="directory to write (must not exist)")
     p.add_argument("--target", default=None, choices=["paper", "vllm-w4afp8"],
                    help="default: the target the checkpoint was calibrated for")
-    p.add_argument("--weights", default="int4", choices=["int4", "fp8"],
-                   help="int4: packed INT4 codes, group scales, zero points (transformers drops dpq's FP8 weight "
-                        "rounding); fp8: dpq's exact FP8 inference weights, twice the bytes (paper target)")
+    p.add_argument("--weights", default=None, choices=["int4", "fp8"],
+                   help="fp8 (default for the paper target): dpq's exact FP8 inference weights; int4 (default for "
+                        "vllm-w4afp8 and W4A16): packed INT4 codes, group scales, zero points, half the bytes, "
+                        "without dpq's FP8 weight rounding in transformers")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=cmd_export)
 

@@ -48,7 +48,7 @@ def paper_dirs(tmp_path_factory, tiny_llama_dir, smollm2_tokenizer):
     for sym in (True, False):
         model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
         ck = _quantized_dir(tmp, smollm2_tokenizer, model, "rtn-w4a8", symmetric=sym, name=f"ck-{sym}")
-        out[sym] = (ck, dpq.export(ck, tmp / f"ct-{sym}"))
+        out[sym] = (ck, dpq.export(ck, tmp / f"ct-{sym}", weights="int4"))
     return out
 
 
@@ -229,6 +229,15 @@ def test_fp8_weights_export_runs_dpq_numerics(paper_dirs, tmp_path, smollm2_toke
             assert torch.equal(a.weight, b.dequantized_weight().float() * b.weight_scale.float())
             x = torch.randn(6, b.in_features)
             assert torch.allclose(a(x).bfloat16().float(), b(x).float(), rtol=2**-7, atol=1e-5)
+
+
+def test_default_weights_fp8_for_paper_int4_for_vllm(paper_dirs, vllm_dirs, tmp_path):
+    """The paper target's default export is dpq's exact FP8 weights; vLLM's W4AFP8 form stays INT4."""
+    out = dpq.export(paper_dirs[False][0], tmp_path / "default")
+    assert json.loads((out / "config.json").read_text())["quantization_config"]["format"] == "float-quantized"
+    assert json.loads((out / "dpq_export.json").read_text())["weights"] == "fp8"
+    vllm = json.loads((vllm_dirs[1] / "config.json").read_text())["quantization_config"]
+    assert vllm["format"] == "pack-quantized"
 
 
 def test_fp8_weights_refusals(paper_dirs, vllm_dirs, tmp_path):
