@@ -120,7 +120,8 @@ def export(src: str | os.PathLike, out: str | os.PathLike, format: str = "compre
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, default=str), encoding="utf-8")
         (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2), encoding="utf-8")
         for f in sorted(src.iterdir()):  # tokenizer, generation config, chat template ...
-            if f.is_file() and f.name not in ("config.json", WEIGHTS, MANIFEST):
+            weights_file = f.suffix == ".safetensors" or f.name == WEIGHTS + ".index.json"  # file or shards + index
+            if f.is_file() and f.name not in ("config.json", MANIFEST) and not weights_file:
                 shutil.copy2(f, tmp / f.name)
     return out
 
