@@ -45,7 +45,7 @@ def run(name: str, work: Path) -> dict:
     ck, out = work / f"{name}-dpq", work / f"{name}-ct"
     dpq.save(result, ck)
     del model
-    dpq.export(ck, out)
+    dpq.export(ck, out, weights="int4")  # the INT4 layout these cases were measured with
     ref, _ = dpq.load(ck, dtype=torch.float32)
     kw = {"quantization_config": CompressedTensorsConfig(**load_kw)} if load_kw else {}
     ct = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, **kw).eval()

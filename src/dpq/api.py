@@ -75,27 +75,40 @@ def load(path: str, device: str = "cpu", dtype: torch.dtype | None = None):
 
 
 def export(path: str, out: str, format: str = "compressed-tensors", target: str | None = None,
-           overwrite: bool = False) -> Path:
+           overwrite: bool = False, weights: str | None = None) -> Path:
     """Write the dpq checkpoint `path` as a compressed-tensors model directory `out` (atomic).
 
-    target: "paper" or "vllm-w4afp8"; None keeps the checkpoint's own. Refuses, with the
-    reason, what the format or vLLM cannot express (dpq.io.export.ExportError).
+    target: "paper" or "vllm-w4afp8"; None keeps the checkpoint's own. weights: "int4" (packed
+    INT4) or "fp8" (dpq's exact FP8 inference weights, paper target); None: fp8 for the paper
+    target with FP8, else int4. Refuses, with the reason, what the format or vLLM cannot express
+    (dpq.io.export.ExportError).
     """
     from dpq.io.export import export as _export  # noqa: PLC0415
 
-    return _export(path, out, format=format, target=target, overwrite=overwrite)
+    return _export(path, out, format=format, target=target, overwrite=overwrite, weights=weights)
 
 
 def load_any(model_or_dir: str | None, device: str = "cpu"):
     """(model, tokenizer, name) for a dpq checkpoint directory or any float model dpq can load.
 
     A float model is named as `dpq quantize`'s MODEL: bundled name, directory, .gguf file or hub name.
+    Refuses, before loading, a checkpoint without tokenizer files and a directory that holds a dpq
+    checkpoint's tensors under a config.json without its dpq quantization_config.
     """
-    from dpq.io.checkpoint import is_checkpoint  # noqa: PLC0415
+    from dpq.io.checkpoint import CheckpointError, is_checkpoint  # noqa: PLC0415
 
     if model_or_dir is not None and is_checkpoint(model_or_dir):
+        p = Path(model_or_dir)
+        if not (p / "tokenizer_config.json").is_file():
+            raise CheckpointError(
+                f"{p} has no tokenizer (tokenizer_config.json): copy the source model's tokenizer into it, "
+                f"e.g. AutoTokenizer.from_pretrained(SOURCE).save_pretrained('{p}')")
         model, tok = load(model_or_dir, device=device)
         return model, tok, str(model_or_dir)
+    if model_or_dir is not None and Path(model_or_dir).is_dir():
+        from dpq.io.verify import refuse_broken_checkpoint  # noqa: PLC0415
+
+        refuse_broken_checkpoint(Path(model_or_dir))
     from dpq.models.loading import load_float_model  # noqa: PLC0415
 
     model, tok, src = load_float_model(model_or_dir, device=device)
@@ -105,33 +118,32 @@ def load_any(model_or_dir: str | None, device: str = "cpu"):
 def info(path: str) -> dict:
     """What a checkpoint holds: method, settings, sizes of the quantized Linears against BF16.
 
+    Checks first what `load` checks (manifest and sha256, tensor names, shapes, dtypes, scale and
+    float values) and raises CheckpointError naming the problem.
     "concentrated" names the Linears whose calibration inputs a few tokens dominated
     ({name: top-0.1%-token share of tr(H)} above `dpq.models.driver.CONCENTRATED_SHARE`).
     """
-    from safetensors import safe_open  # noqa: PLC0415
+    from dpq.io.load import check  # noqa: PLC0415
 
     p = Path(path)
-    block = read_quant_block(p)
-    modules = set(block["modules"])
+    block, headers = check(p)
+    modules = block["modules"]
     q_bytes = 0
     bf16_bytes = 0
     other_bytes = 0
-    for f in weight_files(p):
-        with safe_open(str(p / f), framework="pt") as sf:
-            for key in sf.keys():
-                sl = sf.get_slice(key)
-                numel = 1
-                for d in sl.get_shape():
-                    numel *= d
-                nbytes = numel * _dtype_size(sl.get_dtype())
-                module, _, leaf = key.rpartition(".")
-                if module in modules:
-                    q_bytes += nbytes if leaf != "bias" else 0
-                    if leaf in ("weight", "qweight"):  # qweight: format version 1
-                        n, k = block["modules"][module]
-                        bf16_bytes += n * k * 2
-                else:
-                    other_bytes += nbytes
+    for key, (shape, dtype, _) in headers.items():
+        numel = 1
+        for d in shape:
+            numel *= d
+        nbytes = numel * _dtype_size(dtype)
+        module, _, leaf = key.rpartition(".")
+        if module in modules:
+            q_bytes += nbytes if leaf != "bias" else 0
+            if leaf == "weight":  # the packed codes (version 1 names them qweight; headers use version 2 names)
+                n, k = modules[module]
+                bf16_bytes += n * k * 2
+        else:
+            other_bytes += nbytes
     cfg = json.loads((p / "config.json").read_text())
     return {
         "path": str(p),
@@ -151,4 +163,4 @@ def info(path: str) -> dict:
 
 
 def _dtype_size(name: str) -> int:
-    return {"U8": 1, "I8": 1, "F8_E4M3": 1, "BF16": 2, "F16": 2, "F32": 4, "I32": 4, "I64": 8, "F64": 8, "BOOL": 1}[name]
+    return {"U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "BF16": 2, "F16": 2, "F32": 4, "I32": 4, "I64": 8, "F64": 8, "BOOL": 1}[name]

@@ -153,6 +153,10 @@ def _add_export(sub) -> None:
     p.add_argument("--out", required=True, help="directory to write (must not exist)")
     p.add_argument("--target", default=None, choices=["paper", "vllm-w4afp8"],
                    help="default: the target the checkpoint was calibrated for")
+    p.add_argument("--weights", default=None, choices=["int4", "fp8"],
+                   help="fp8 (default for the paper target): dpq's exact FP8 inference weights; int4 (default for "
+                        "vllm-w4afp8 and W4A16): packed INT4 codes, group scales, zero points, half the bytes, "
+                        "without dpq's FP8 weight rounding in transformers")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=cmd_export)
 
@@ -160,7 +164,7 @@ def _add_export(sub) -> None:
 def cmd_export(a) -> int:
     import dpq  # noqa: PLC0415
 
-    out = dpq.export(a.path, a.out, format=a.format, target=a.target, overwrite=a.overwrite)
+    out = dpq.export(a.path, a.out, format=a.format, target=a.target, overwrite=a.overwrite, weights=a.weights)
     print(f"wrote {out}")
     return 0
 
@@ -188,8 +192,9 @@ def _eval_options(p, default_max_windows=None) -> None:
     p.add_argument("--ppl", default="wikitext2", choices=["wikitext2", "none"], help="perplexity data set, or none")
     p.add_argument("--seq-len", type=_count(2), default=2048, help="perplexity window in tokens")
     p.add_argument("--max-windows", type=POSITIVE, default=default_max_windows, help="use only the first N windows")
-    p.add_argument("--tasks", default="", help="comma-separated: piqa,arc_easy,arc_challenge,boolq,openbookqa,"
-                   "winogrande,lambada,hellaswag,mmlu")
+    p.add_argument("--tasks", default="", help="comma-separated: dpq's local tasks piqa,arc_easy,arc_challenge,boolq,"
+                   "openbookqa,winogrande,lambada,hellaswag,mmlu (offline; all = these nine) and/or any "
+                   "lm-eval task name (loaded as lm-eval loads it)")
     p.add_argument("--limit", type=_positive_number, default=None,
                    help="examples per task (lm-eval --limit; below 1: a fraction of each task)")
     p.add_argument("--num-fewshot", type=NON_NEGATIVE, default=0)
@@ -229,6 +234,8 @@ def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="WikiText-2 perplexity and zero-shot tasks of a float model or a checkpoint")
     p.add_argument("model", nargs="?", default=None, help="dpq checkpoint directory or float model (default smollm2-135m)")
     _eval_options(p)
+    p.add_argument("--include-path", default=None, metavar="DIR",
+                   help="a folder of your own lm-eval task YAMLs; their task names go in --tasks")
     p.add_argument("--vs-float", action="store_true",
                    help="for a checkpoint: also evaluate the float model it was quantized from and show the change")
     p.set_defaults(func=cmd_eval)
@@ -249,8 +256,8 @@ def cmd_eval(a) -> int:
         if os.path.exists(source) and os.path.realpath(source) == os.path.realpath(a.model):
             raise ValueError(f"--vs-float: the checkpoint {a.model} records itself as its source model (the float "
                              "model was overwritten): evaluate the float model separately")
-        results.append(evaluate_path(source, device=a.device, **_eval_kwargs(a)))
-    results.append(evaluate_path(a.model, device=a.device, **_eval_kwargs(a)))
+        results.append(evaluate_path(source, device=a.device, include_path=a.include_path, **_eval_kwargs(a)))
+    results.append(evaluate_path(a.model, device=a.device, include_path=a.include_path, **_eval_kwargs(a)))
     print(to_markdown(results))
     _write_json(a.json_out, results if a.vs_float else results[0])
     return 0

@@ -55,9 +55,14 @@ def evaluate(
     batch_size: int | str = 1,
     device: str = "cpu",
     progress: bool = True,
+    include_path: str | None = None,
 ) -> dict:
-    """Perplexity and task accuracies of an in-memory causal LM (moved to `device`); see the module doc."""
-    specs = resolve_tasks(tasks)  # fail on a bad name before minutes of perplexity
+    """Perplexity and task accuracies of an in-memory causal LM (moved to `device`); see the module doc.
+
+    tasks: dpq's local task names and/or any lm-eval task name; include_path: a folder of the user's
+    lm-eval task YAMLs (dpq.eval.harness).
+    """
+    specs = resolve_tasks(tasks, include_path)  # fail on a bad name before minutes of perplexity
     if ppl is not None and ppl not in PPL_DATASETS:
         raise ValueError(f"ppl={ppl!r}: use one of {', '.join(PPL_DATASETS)} or None to skip perplexity")
     if ppl is not None:
@@ -82,7 +87,8 @@ def evaluate(
     if specs:
         t0 = time.perf_counter()
         result["tasks"] = run_tasks(
-            model, tokenizer, [s.name for s in specs], limit=limit, num_fewshot=num_fewshot, batch_size=batch_size
+            model, tokenizer, [s.name for s in specs], limit=limit, num_fewshot=num_fewshot, batch_size=batch_size,
+            include_path=include_path,
         )
         timings["tasks_s"] = round(time.perf_counter() - t0, 1)
         result["average"] = task_average(result["tasks"])
@@ -93,6 +99,7 @@ def evaluate(
         "limit": limit,
         "num_fewshot": num_fewshot,
         "batch_size": batch_size,
+        "include_path": include_path,
         "device": device,
         "average": AVERAGE_RULE,
         "timings": timings,
@@ -104,7 +111,7 @@ def evaluate_path(model_or_dir: str | None = None, **opts) -> dict:
     """`evaluate` on a model named like the CLI's MODEL (bundled name, directory, .gguf, hub) or a dpq checkpoint."""
     if opts.get("ppl", "wikitext2") is None and not opts.get("tasks"):
         raise ValueError("nothing to evaluate: give ppl='wikitext2' and/or some tasks")
-    resolve_tasks(opts.get("tasks", ()))  # a bad task name fails before loading the model
+    resolve_tasks(opts.get("tasks", ()), opts.get("include_path"))  # a bad task name fails before loading the model
     from dpq.api import load_any  # noqa: PLC0415
 
     model, tok, name = load_any(model_or_dir, device=opts.get("device", "cpu"))

@@ -9,17 +9,18 @@ and scores the in-memory model with `HFLM` + `simple_evaluate`.
 
 Without a local data directory and with network allowed, the built-in lm-eval
 tasks (downloaded from the hub) are used instead.
+
+Any other name is an lm-eval task (or group, or tag) run as lm-eval runs it, including the
+user's own task YAMLs under `include_path` (dpq.eval.harness).
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
 import json
 import math
 import os
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,128 +34,19 @@ class TaskError(ValueError):
     """An unknown task name or unusable task settings; the message lists what is allowed."""
 
 
-# ----------------------------------------------------------------------------- readers
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise DataError(f"{path} is missing: set DPQ_DATA_DIR to the data folder holding tasks/")
-    rows = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{i}: not valid JSON ({e.msg})") from e
-    return rows
-
-
-def _task_file(root: Path | None, name: str) -> Path:
-    root = root if root is not None else data_dir(required=True)
-    return root / "tasks" / name
-
-
-def _mc(query: str, choices: list, gold: int) -> dict:
-    return {"query": query, "choices": [str(c) for c in choices], "gold": int(gold)}
-
-
-def read_piqa(root: Path | None = None) -> list[dict]:
-    """PIQA validation: the file's query is "Question: {goal}\\n"; lm-eval adds "Answer:"."""
-    return [_mc(r["query"] + "Answer:", r["choices"], r["gold"]) for r in _read_jsonl(_task_file(root, "piqa.jsonl"))]
-
-
-def _read_arc(root: Path | None, file: str) -> list[dict]:
-    # The file's query is "Question: {question}"; lm-eval's is "Question: {question}\nAnswer:".
-    return [_mc(r["query"] + "\nAnswer:", r["choices"], r["gold"]) for r in _read_jsonl(_task_file(root, file))]
-
-
-def read_arc_easy(root: Path | None = None) -> list[dict]:
-    return _read_arc(root, "arc_easy.jsonl")
-
-
-def read_arc_challenge(root: Path | None = None) -> list[dict]:
-    return _read_arc(root, "arc_challenge.jsonl")
-
-
-def read_boolq(root: Path | None = None) -> list[dict]:
-    """BoolQ validation: "Passage: {p}\\nQuestion: {q}?" becomes lm-eval's "{p}\\nQuestion: {q}?\\nAnswer:"."""
-    out = []
-    for r in _read_jsonl(_task_file(root, "boolq.jsonl")):
-        query = r["query"].removeprefix("Passage: ")
-        out.append(_mc(query + "\nAnswer:", r["choices"], r["gold"]))
-    return out
-
-
-def read_openbookqa(root: Path | None = None) -> list[dict]:
-    """OpenBookQA test: the prompt is the question stem, as in lm-eval."""
-    return [_mc(r["query"], r["choices"], r["gold"]) for r in _read_jsonl(_task_file(root, "openbook_qa.jsonl"))]
-
-
-def read_winogrande(root: Path | None = None) -> list[dict]:
-    """WinoGrande (xl) validation: {context_options: [sentence up to the blank + option], continuation, gold}."""
-    return [
-        {"context_options": list(r["context_options"]), "continuation": r["continuation"], "gold": int(r["gold"])}
-        for r in _read_jsonl(_task_file(root, "winogrande.jsonl"))
-    ]
-
-
-def read_lambada(root: Path | None = None) -> list[dict]:
-    """LAMBADA (OpenAI) test: {context, continuation}; the text is context + " " + continuation."""
-    return [
-        {"context": r["context"], "continuation": r["continuation"]}
-        for r in _read_jsonl(_task_file(root, "lambada_openai.jsonl"))
-    ]
-
-
-def hellaswag_preprocess(text: str) -> str:
-    """lm-eval's hellaswag text cleaning: WikiHow bracket artifacts out, double spaces in."""
-    text = text.strip()
-    text = text.replace(" [title]", ". ")
-    text = re.sub("\\[.*?\\]", "", text)
-    return text.replace("  ", " ")
-
-
-def read_hellaswag(root: Path | None = None) -> list[dict]:
-    """HellaSwag validation from the 6-line text format: "label: context", gold index, 4 endings."""
-    path = _task_file(root, "hellaswag_val.txt")
-    if not path.is_file():
-        raise DataError(f"{path} is missing: set DPQ_DATA_DIR to the data folder holding tasks/")
-    lines = path.read_text(encoding="utf-8").splitlines()
-    if len(lines) % 6:
-        raise DataError(f"{path}: {len(lines)} lines is not a multiple of 6 (label: context, gold, 4 endings)")
-    out = []
-    for i in range(0, len(lines), 6):
-        ctx, gold, endings = lines[i], lines[i + 1], lines[i + 2 : i + 6]
-        if not gold.strip().isdigit() or not 0 <= int(gold) < 4:
-            raise DataError(f"{path}:{i + 2}: expected a gold index 0-3, got {gold!r}")
-        out.append(_mc(hellaswag_preprocess(ctx), [hellaswag_preprocess(e) for e in endings], int(gold)))
-    return out
-
-
-def mmlu_query(question: str, choices: list[str]) -> str:
-    """lm-eval's MMLU prompt: the question, the lettered choices, then "Answer:"."""
-    lines = [question.strip()] + [f"{letter}. {c}" for letter, c in zip("ABCD", choices)]
-    return "\n".join(lines) + "\nAnswer:"
-
-
-def _read_mmlu_csv(path: Path) -> list[dict]:
-    with path.open(encoding="utf-8", newline="") as f:
-        rows = list(csv.DictReader(f))
-    out = []
-    for r in rows:
-        choices = [r[f"choice{k}"] for k in range(4)]
-        out.append({"query": mmlu_query(r["question"], choices), "gold": int(r["answer"])})
-    return out
-
-
-def read_mmlu(root: Path | None = None, split: str = "test") -> dict[str, list[dict]]:
-    """MMLU, {subject: [{query, gold}]} for the 57 subjects of `split` ("test" or "dev")."""
-    folder = _task_file(root, "mmlu") / split
-    files = sorted(folder.glob(f"*_{split}.csv"))
-    if not files:
-        raise DataError(f"no MMLU csv files in {folder}: set DPQ_DATA_DIR to the data folder holding tasks/mmlu")
-    return {f.name.removesuffix(f"_{split}.csv"): _read_mmlu_csv(f) for f in files}
-
+from dpq.eval.task_readers import (  # noqa: E402 - the readers, re-exported
+    hellaswag_preprocess,
+    mmlu_query,
+    read_arc_challenge,
+    read_arc_easy,
+    read_boolq,
+    read_hellaswag,
+    read_lambada,
+    read_mmlu,
+    read_openbookqa,
+    read_piqa,
+    read_winogrande,
+)
 
 # ----------------------------------------------------------------------------- registry
 
@@ -163,7 +55,7 @@ def read_mmlu(root: Path | None = None, split: str = "test") -> dict[str, list[d
 class TaskSpec:
     name: str  # what users type
     builtin: str  # lm-eval's built-in task (the online fallback)
-    reader: Callable[..., list | dict]
+    reader: Callable[..., list | dict] | None  # None: an lm-eval task run as lm-eval runs it
     note: str | None = None  # where the local prompt or data differ from lm-eval's default
 
     @property
@@ -204,22 +96,30 @@ TASKS: dict[str, TaskSpec] = {
 """User task names -> specs, in the paper's order (MMLU last)."""
 
 
-def resolve_tasks(names) -> list[TaskSpec]:
-    """Specs for user task names (a list, or one comma-separated string; "all" is every task).
+def resolve_tasks(names, include_path: str | None = None) -> list[TaskSpec]:
+    """Specs for user task names (a list, or one comma-separated string; "all" is the nine local tasks).
 
-    Unknown names raise TaskError listing the valid ones.
+    dpq's local task names keep their local data; any other name must be an lm-eval task, group or
+    tag (built in, or a YAML under `include_path`), else TaskError names the closest ones.
     """
+    from dpq.eval import harness  # noqa: PLC0415
+
     if isinstance(names, str):
         names = [n for n in names.split(",") if n.strip()]
-    names = [n.strip().lower() for n in names]
+    names = [n.strip() for n in names]
+    names = [n.lower() if n.lower() in TASKS or n.lower() == "all" else n for n in names]
     if "all" in names:
-        names = list(TASKS)
+        names = list(TASKS) + [n for n in names if n != "all" and n not in TASKS]
+    try:
+        include = harness.check_include_path(include_path)
+        harness.check_names([n for n in names if n not in TASKS], include, list(TASKS))
+    except harness.HarnessTaskError as e:
+        raise TaskError(str(e)) from None
     specs = []
     for n in names:
-        if n not in TASKS:
-            raise TaskError(f"unknown task {n!r}: use one of {', '.join(TASKS)} (or all)")
-        if TASKS[n] not in specs:
-            specs.append(TASKS[n])
+        spec = TASKS.get(n) or TaskSpec(n, n, None)
+        if spec not in specs:
+            specs.append(spec)
     return specs
 
 
@@ -326,26 +226,6 @@ def _env(**values: str) -> Iterator[None]:
                 os.environ[k] = v
 
 
-@contextlib.contextmanager
-def _quant_config_hidden(model) -> Iterator[None]:
-    """Hide a dpq `quantization_config` from lm-eval's HFLM while it wraps the in-memory model.
-
-    HFLM parses `model.config.quantization_config` with transformers' AutoQuantizationConfig,
-    which knows no "dpq" method and raises; it only needs it to load a model by name, so the
-    already-loaded W4A8 model is unaffected by hiding it.
-    """
-    config = getattr(model, "config", None)
-    qc = getattr(config, "quantization_config", None)
-    hide = isinstance(qc, dict) and qc.get("quant_method") == "dpq"
-    if hide:
-        del config.quantization_config
-    try:
-        yield
-    finally:
-        if hide:
-            config.quantization_config = qc
-
-
 def _metric(res: dict, name: str) -> float | None:
     v = res.get(f"{name},none")
     return float(v) if isinstance(v, (int, float)) else None
@@ -401,35 +281,50 @@ def run_tasks(
     limit: int | float | None = None,
     num_fewshot: int = 0,
     batch_size: int | str = 1,
+    include_path: str | None = None,
 ) -> dict[str, dict]:
     """Score an in-memory HF causal LM on `tasks`; {name: {acc, acc_norm?, perplexity?, n, note}}.
 
     `limit` caps the examples per task (per subject for MMLU; a float < 1 is
-    a fraction); `num_fewshot` is the number of in-context examples.
+    a fraction); `num_fewshot` is the number of in-context examples. Names other
+    than the local nine run as lm-eval tasks (with `include_path`'s YAMLs; dpq.eval.harness).
     """
-    specs = resolve_tasks(tasks)
+    specs = resolve_tasks(tasks, include_path)
     if not specs:
         return {}
     if num_fewshot < 0:
         raise TaskError(f"num_fewshot={num_fewshot}: use 0 or more")
     if limit is not None and limit <= 0:
         raise TaskError(f"limit={limit}: use a positive number of examples, or None for all")
-    root = local_data_root()
-    import lm_eval  # noqa: PLC0415 - heavy import, only when tasks run
-    from lm_eval.models.huggingface import HFLM  # noqa: PLC0415
+    local = [s for s in specs if s.reader is not None]
+    root = local_data_root() if local else None
+    from lm_eval.models.huggingface import HFLM  # noqa: PLC0415 - heavy import, only when tasks run
+
+    from dpq.eval import harness  # noqa: PLC0415
+
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    results = _run_local(lm, local, root, limit, num_fewshot) if local else {}
+    generic = [s.name for s in specs if s.reader is None]
+    if generic:
+        include = harness.check_include_path(include_path)
+        results.update(harness.run(lm, generic, include, limit=limit, num_fewshot=num_fewshot))
+    return {s.name: results[s.name] for s in specs}
+
+
+def _run_local(lm, specs: list[TaskSpec], root: Path | None, limit, num_fewshot: int) -> dict[str, dict]:
+    """The local tasks from the data directory, offline (or lm-eval's built-in ones when there is none)."""
+    import lm_eval  # noqa: PLC0415
     from lm_eval.tasks import TaskManager  # noqa: PLC0415
 
     if root is not None:
         folder = render_tasks(specs, root)
-        manager = TaskManager(include_path=str(folder), include_defaults=False, verbosity="ERROR")
+        manager = TaskManager(include_path=str(folder), include_defaults=False)
         names = [s.local for s in specs]
         env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     else:
-        manager = TaskManager(verbosity="ERROR")
+        manager = TaskManager()
         names = [s.builtin for s in specs]
         env = {}
-    with _quant_config_hidden(model):
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     with _env(**env):
         out = lm_eval.simple_evaluate(
             model=lm,
@@ -439,6 +334,5 @@ def run_tasks(
             task_manager=manager,
             log_samples=True,  # per-example correctness, for paired comparisons
             bootstrap_iters=0,  # stderr by bootstrap spawns processes; not needed here
-            verbosity="ERROR",
         )
     return {s.name: _summarize(s, n, out, root is not None, num_fewshot, limit) for s, n in zip(specs, names)}

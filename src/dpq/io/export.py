@@ -5,14 +5,18 @@
 Two targets, chosen by how DIR was calibrated (`QuantConfig.target`):
 
 paper        INT4 group weights (asymmetric: scale + zero point; symmetric when the
-             checkpoint is), static per-tensor FP8 input activations. transformers
-             with compressed-tensors loads and runs it; asymmetric exports need
-             `quantization_config=CompressedTensorsConfig(dequantize=True)` with
-             transformers 5.23 + compressed-tensors 0.20, whose default load path
-             expects an unpacked zero point (tests/io/test_export.py records it).
+             checkpoint is), static per-tensor FP8 input activations. Plain
+             `AutoModelForCausalLM.from_pretrained(OUT)` (transformers + compressed-tensors,
+             default arguments) loads and runs it with the FP8 activation quantization on.
              vLLM has no scheme for INT4 weights with static FP8 activations.
 vllm-w4afp8  INT4 symmetric g128 weights, dynamic per-token FP8 activations: the
              compressed-tensors `W4AFP8` scheme vLLM runs on SM90 with CUTLASS.
+
+`weights="fp8"` (`dpq export --weights fp8`, paper target only) writes instead each quantized
+Linear's exact inference weight fp8((q - z) * s_g) as FP8 E4M3 (`weight`, `float-quantized`
+format) with the per-tensor `weight_scale` s_w: compressed-tensors then computes dpq's W4A8
+numerics exactly (static FP8 activations, the same FP8 weight), at one byte per weight instead
+of half a byte plus group scales.
 
 compressed-tensors layout, read from compressed_tensors 0.20
 (`compressors/pack_quantized/base.py`, `helpers.py`, `quantization/lifecycle/forward.py`):
@@ -21,10 +25,20 @@ compressed-tensors layout, read from compressed_tensors 0.20
                                               stored nibble is the signed code + 8, i.e.
                                               exactly dpq's unsigned code q in [0, 15]
     weight_scale       [N, G]                 dequant: (q_signed - zp_signed) * scale
-    weight_zero_point  [ceil(N/8), G] int32   asymmetric only: signed zp + 8 (= dpq's z),
-                                              packed the same way along the output dim
+    weight_zero_point  [N, G] int32           asymmetric only: the zero points (signed zp + 8 =
+                                              dpq's z) packed along N into the first ceil(N/8)
+                                              rows, the other rows 0; config: zp_dtype int32
     weight_shape       [2] int64              (N, K)
     input_scale        [1]                    paper target: the static s_x
+
+Why the zero points are padded (transformers 5.24, compressed-tensors 0.20.1): the default
+load path (`CompressedTensorsHfQuantizer._process_model_before_weight_loading`) lays the
+model out with `PackedQuantizationCompressor.compress` on the meta device, whose meta branch
+leaves `weight_zero_point` unpacked, [N, G], in the scheme's zp_dtype (int8 by default); the
+checkpoint's packed [ceil(N/8), G] tensor is then a size mismatch (RuntimeError). On the first
+forward, `decompress` unpacks the loaded tensor as packed int32 ([:N] of its nibbles along N),
+so an int32 [N, G] tensor holding the packed words first loads and decompresses exactly.
+tests/io/test_export.py keeps a test that the standard packed layout still fails to load.
 
 dpq's inference weight is s_w * fp8((q - z) * s_g); compressed-tensors'
 dequant is (q - z) * scale with no FP8 rounding of the weight, so the exported
@@ -48,11 +62,13 @@ import dpq
 from dpq.config import FP8_E4M3FN_MAX, TARGETS, QuantConfig
 from dpq.io.checkpoint import MANIFEST, WEIGHTS, atomic_directory, read_quant_block, read_tensors, verify_files
 from dpq.numerics import vllm_w4afp8
-from dpq.numerics.fp8 import fp8_cast
+from dpq.numerics.fp8 import fp8_cast, to_fp8_storage
 from dpq.numerics.int4 import dequantize, pack_int4_int32, unpack_int4
 
 FORMATS = ("compressed-tensors",)
+WEIGHT_FORMATS = ("int4", "fp8")
 CT_FORMAT = "pack-quantized"
+CT_FP8_FORMAT = "float-quantized"
 EXPORT_INFO = "dpq_export.json"
 SCALE_DTYPE = torch.float32
 """Exported weight_scale dtype. The values s_g (BF16) * s_w (a power of two) are BF16-exact, so vLLM's
@@ -65,14 +81,18 @@ class ExportError(ValueError):
 
 
 def export(src: str | os.PathLike, out: str | os.PathLike, format: str = "compressed-tensors",
-           target: str | None = None, overwrite: bool = False) -> Path:
+           target: str | None = None, overwrite: bool = False, weights: str | None = None) -> Path:
     """Write the dpq checkpoint `src` as a compressed-tensors model directory `out` (atomically).
 
     target: "paper" or "vllm-w4afp8"; None takes the checkpoint's own target.
-    Returns the path written. Raises ExportError for what the format cannot express.
+    weights: "int4" (packed codes, group scales, zero points) or "fp8" (dpq's exact FP8 inference
+    weight with s_w; paper target); None: `default_weights`. Returns the path written. Raises
+    ExportError for what the format cannot express.
     """
     if format not in FORMATS:
         raise ExportError(f"format {format!r}: dpq exports to {', '.join(FORMATS)}")
+    if weights is not None and weights not in WEIGHT_FORMATS:
+        raise ExportError(f"weights {weights!r}: use one of {', '.join(WEIGHT_FORMATS)}")
     src, out = Path(src), Path(out)
     if out.exists() and not overwrite:
         raise ExportError(f"{out} already exists: choose another --out or pass overwrite")
@@ -81,15 +101,17 @@ def export(src: str | os.PathLike, out: str | os.PathLike, format: str = "compre
     block = read_quant_block(src)
     config: QuantConfig = block["config"]
     target = target or config.target
-    check_exportable(config, block["modules"], target)
+    weights = weights or default_weights(config, target)
+    check_exportable(config, block["modules"], target, weights)
     verify_files(src)
     tensors = read_tensors(src, block["format_version"])
     cfg = json.loads((src / "config.json").read_text(encoding="utf-8"))
-    out_tensors, report = _convert_tensors(tensors, block, cfg, target)
-    cfg["quantization_config"] = quantization_config(config, _ignored_linears(cfg, block), target)
+    out_tensors, report = _convert_tensors(tensors, block, cfg, target, weights)
+    cfg["quantization_config"] = quantization_config(config, _ignored_linears(cfg, block), target, weights)
     info = {
         "dpq_version": dpq.__version__, "source": str(src), "method": block["method"], "target": target,
-        "format": f"compressed-tensors/{CT_FORMAT}",
+        "weights": weights,
+        "format": f"compressed-tensors/{CT_FP8_FORMAT if weights == 'fp8' else CT_FORMAT}",
         "weight_difference": _summarize(report),
         "per_linear": report,
     }
@@ -98,15 +120,29 @@ def export(src: str | os.PathLike, out: str | os.PathLike, format: str = "compre
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, default=str), encoding="utf-8")
         (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2), encoding="utf-8")
         for f in sorted(src.iterdir()):  # tokenizer, generation config, chat template ...
-            if f.is_file() and f.name not in ("config.json", WEIGHTS, MANIFEST):
+            weights_file = f.suffix == ".safetensors" or f.name == WEIGHTS + ".index.json"  # file or shards + index
+            if f.is_file() and f.name not in ("config.json", MANIFEST) and not weights_file:
                 shutil.copy2(f, tmp / f.name)
     return out
 
 
-def check_exportable(config: QuantConfig, modules: dict[str, list[int]], target: str) -> None:
+def default_weights(config: QuantConfig, target: str) -> str:
+    """fp8 where dpq's inference weight is FP8-rounded (paper target with FP8): compressed-tensors' INT4
+    dequant cannot apply that rounding, which DPQ's calibration compensated (SmolLM2 g64: +2.4% perplexity
+    as INT4, -0.1% as FP8; docs/transformers-lm-eval-vllm.md). int4 for vllm-w4afp8 and W4A16 methods."""
+    return "fp8" if target == "paper" and config.target == "paper" and config.fp8.enabled else "int4"
+
+
+def check_exportable(config: QuantConfig, modules: dict[str, list[int]], target: str, weights: str = "int4") -> None:
     """Refuse, with the reason, what compressed-tensors (and, for vllm-w4afp8, vLLM) cannot express."""
     if target not in TARGETS:
         raise ExportError(f"target {target!r}: use one of {', '.join(TARGETS)}")
+    if weights == "fp8" and (target != "paper" or config.target != "paper"):
+        raise ExportError("--weights fp8 writes the paper target's FP8 inference weights; vLLM's W4AFP8 form "
+                          "is INT4: export this checkpoint with --weights int4")
+    if weights == "fp8" and not config.fp8.enabled:
+        raise ExportError("this checkpoint has no FP8 numerics (a W4A16 method), so no FP8 inference weight: "
+                          "export it with --weights int4")
     fp8_max = config.fp8.fp8_max
     if fp8_max is not None and fp8_max != FP8_E4M3FN_MAX:
         raise ExportError(
@@ -131,7 +167,7 @@ def check_exportable(config: QuantConfig, modules: dict[str, list[int]], target:
         raise ExportError(
             "this checkpoint was calibrated for vLLM's W4AFP8 numerics (dynamic per-token activations, no static "
             "input scales): export it with --target vllm-w4afp8")
-    if g != -1:
+    if g != -1 and weights == "int4":
         bad = [f"{n} (K={nk[1]})" for n, nk in sorted(modules.items()) if nk[1] % g]
         if bad:
             raise ExportError(
@@ -140,7 +176,7 @@ def check_exportable(config: QuantConfig, modules: dict[str, list[int]], target:
                 "(e.g. 64 or 32) or -1 (per-channel)")
 
 
-def quantization_config(config: QuantConfig, ignore: list[str], target: str) -> dict:
+def quantization_config(config: QuantConfig, ignore: list[str], target: str, weights_format: str = "int4") -> dict:
     """The compressed-tensors `quantization_config` block of config.json.
 
     Targets every Linear (as llm-compressor writes it) and ignores, by name, the Linears dpq kept in
@@ -154,6 +190,13 @@ def quantization_config(config: QuantConfig, ignore: list[str], target: str) -> 
         "strategy": "channel" if g == -1 else "group", "group_size": None if g == -1 else g,
         "dynamic": False, "actorder": None, "observer": "minmax", "observer_kwargs": {},
     }
+    if not config.weight.symmetric:
+        weights["zp_dtype"] = "int32"  # the layout transformers builds must take the packed words
+    fmt = CT_FORMAT
+    if weights_format == "fp8":  # dpq's inference weight fp8((q - z) * s_g), per-tensor scale s_w
+        fmt = CT_FP8_FORMAT
+        weights = {"num_bits": 8, "type": "float", "symmetric": True, "strategy": "tensor", "group_size": None,
+                   "dynamic": False, "actorder": None, "observer": "minmax", "observer_kwargs": {}}
     acts = None
     if config.fp8.enabled:
         dynamic = target == "vllm-w4afp8"
@@ -164,12 +207,12 @@ def quantization_config(config: QuantConfig, ignore: list[str], target: str) -> 
         }
     return {
         "quant_method": "compressed-tensors",
-        "format": CT_FORMAT,
+        "format": fmt,
         "quantization_status": "compressed",
         "version": ct_version,
         "config_groups": {
             "group_0": {"targets": ["Linear"], "weights": weights, "input_activations": acts,
-                        "output_activations": None, "format": CT_FORMAT},
+                        "output_activations": None, "format": fmt},
         },
         "ignore": ignore,
         "kv_cache_scheme": None,
@@ -192,7 +235,7 @@ def _ignored_linears(cfg: dict, block: dict) -> list[str]:
     return sorted(n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n not in block["modules"])
 
 
-def _convert_tensors(tensors: dict, block: dict, cfg: dict, target: str) -> tuple[dict, dict]:
+def _convert_tensors(tensors: dict, block: dict, cfg: dict, target: str, weights: str = "int4") -> tuple[dict, dict]:
     """compressed-tensors state dict and, per Linear, the measured weight difference."""
     config: QuantConfig = block["config"]
     modules = block["modules"]
@@ -213,17 +256,39 @@ def _convert_tensors(tensors: dict, block: dict, cfg: dict, target: str) -> tupl
         scale = (s_g * s_w).to(SCALE_DTYPE)  # exact: s_w is a power of two
         if not torch.equal(scale.to(torch.bfloat16).float(), s_g * s_w):
             raise ExportError(f"{name}: the group scales times s_w={s_w:g} are not exact in bfloat16")
-        out[f"{name}.weight_packed"] = pack_int4_int32(codes)  # [N, ceil(K/8)]
-        out[f"{name}.weight_scale"] = scale
-        out[f"{name}.weight_shape"] = torch.tensor([n, k], dtype=torch.int64)
-        if not config.weight.symmetric:
-            out[f"{name}.weight_zero_point"] = pack_int4_int32(zero.t()).t().contiguous()  # [ceil(N/8), G]
+        if weights == "fp8":
+            g = config.weight.group_size if config.weight.group_size != -1 else k
+            w8 = to_fp8_storage(dequantize(codes, s_g, zero.float(), g), config.fp8.fp8_max)  # [N, K] E4M3
+            out[f"{name}.weight"] = w8
+            out[f"{name}.weight_scale"] = torch.tensor([s_w], dtype=torch.float32)
+            report[name] = {"transformers_vs_dpq": _rel(w8.float() * s_w, _dpq_weight(codes, s_g, zero, s_w, config))}
+        else:
+            out[f"{name}.weight_packed"] = pack_int4_int32(codes)  # [N, ceil(K/8)]
+            out[f"{name}.weight_scale"] = scale
+            out[f"{name}.weight_shape"] = torch.tensor([n, k], dtype=torch.int64)
+            report[name] = _weight_difference(codes, s_g, zero.float(), s_w, config, target)
+        if not config.weight.symmetric and weights == "int4":
+            out[f"{name}.weight_zero_point"] = padded_zero_points(zero)  # [N, G] int32
         if target == "paper" and config.fp8.enabled:
             out[f"{name}.input_scale"] = tensors[f"{name}.input_scale"].float().reshape(1).to(float_dtype)
         if f"{name}.bias" in tensors:
             out[f"{name}.bias"] = tensors[f"{name}.bias"].to(float_dtype)
-        report[name] = _weight_difference(codes, s_g, zero.float(), s_w, config, target)
     return out, report
+
+
+def _dpq_weight(codes, s_g, zero, s_w: float, config: QuantConfig) -> torch.Tensor:
+    """dpq's paper-target inference weight s_w * fp8((q - z) * s_g), float32 [N, K]."""
+    g = config.weight.group_size if config.weight.group_size != -1 else codes.shape[1]
+    return fp8_cast(dequantize(codes, s_g, zero.float(), g), config.fp8.fp8_max) * s_w
+
+
+def padded_zero_points(zero: torch.Tensor) -> torch.Tensor:
+    """dpq's zero points [N, G] uint8 (0..15) as the int32 [N, G] tensor transformers loads: packed
+    along N into rows 0..ceil(N/8)-1 (compressed-tensors' layout), zero rows after (see the module doc)."""
+    packed = pack_int4_int32(zero.t()).t()  # [ceil(N/8), G] int32
+    out = torch.zeros(zero.shape, dtype=torch.int32)
+    out[: packed.shape[0]] = packed
+    return out
 
 
 def _weight_difference(codes, s_g, zero, s_w, config: QuantConfig, target: str) -> dict:
@@ -234,7 +299,7 @@ def _weight_difference(codes, s_g, zero, s_w, config: QuantConfig, target: str) 
         ref = fp8_cast(dequantize(codes, s_g, zero, g), config.fp8.fp8_max) * s_w if config.fp8.enabled else ct
         return {"transformers_vs_dpq": _rel(ct, ref)}
     ref = vllm_w4afp8.effective_weight(codes, s_g * s_w, g)  # what dpq calibrated for == what vLLM applies
-    return {"transformers_vs_dpq": _rel(ct, ref), "vllm_vs_dpq": 0.0}
+    return {"transformers_vs_dpq": _rel(ct, ref)}  # vLLM applies `ref` by construction (not measured here)
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -54,9 +54,9 @@ class W4A8Linear(nn.Module):
         self.register_buffer("weight", torch.zeros(out_features, (in_features + 1) // 2, dtype=torch.uint8))
         self.register_buffer("scales", torch.ones(out_features, g, dtype=storage_dtype(scale_dtype)))
         self.register_buffer("zeros", torch.full((out_features, g), 8, dtype=torch.uint8))
-        self.register_buffer("weight_scale", torch.tensor(1.0))
+        self.register_buffer("weight_scale", torch.tensor(1.0, dtype=torch.float32))
         if fp8_max is not None and not self.dynamic_act:
-            self.register_buffer("input_scale", torch.tensor(1.0))
+            self.register_buffer("input_scale", torch.tensor(1.0, dtype=torch.float32))
         else:
             self.input_scale = None
         if bias:

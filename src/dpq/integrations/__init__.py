@@ -1,0 +1,1 @@
+"""dpq inside other libraries: transformers' quantizer for `quant_method: "dpq"` (hf_quantizer)."""
