@@ -141,6 +141,24 @@ class SolverSpec:
         groups. The two are exclusive.
     damp: fraction of mean(diag(H)) added to the diagonal.
     block_size: lazy-batch block of columns.
+
+    Options beyond the paper (all off by default, so the named paper methods are unchanged;
+    each keeps the checkpoint format and the kernel):
+    group_search: at each group's start, search shrink factors of the group's min and max and
+        the neighbouring zero points, scored by the Hessian-weighted error of the real inference
+        weight s_w * fp8((q - z) * s_g) (`dpq.algorithms.group_search`). Needs group_params
+        "updated".
+    deployed_hessian: build H from the inputs the deployed Linear multiplies,
+        s_x * fp8(x / s_x), instead of x.
+    asym_alpha: weight of the asymmetric correction (GPTAQ's objective
+        ||W X_float - Q X_q||): the solver's target becomes W + alpha * W dX^T X_q H^-1, with
+        X_float the float model's inputs run alongside (`dpq.algorithms.gptaq`); 0 is off.
+    smooth: per-channel input scales folded exactly into the operation before each set of
+        Linears, chosen by a search on the set's output error (`dpq.models.smoothing`).
+    token_clip: cap each calibration token's weight in H so that no token carries more than
+        token_clip times the median token energy (massive activations); 0 is off.
+    refine_steps: signed-gradient refinement steps per decoder layer after the solver
+        (`dpq.algorithms.refine`); 0 is off.
     """
 
     algorithm: str = "gptq"
@@ -150,9 +168,22 @@ class SolverSpec:
     act_order: bool = False
     damp: float = 0.01
     block_size: int = 128
+    group_search: bool = False
+    deployed_hessian: bool = False
+    asym_alpha: float = 0.0
+    smooth: bool = False
+    token_clip: float = 0.0
+    refine_steps: int = 0
 
     def __post_init__(self) -> None:
         _check(self.algorithm in ("rtn", "gptq"), f"algorithm={self.algorithm!r}: use rtn or gptq")
+        _check(0 <= self.asym_alpha <= 2, f"asym_alpha={self.asym_alpha}: use a weight in [0, 2] (0 is off)")
+        _check(self.token_clip == 0 or self.token_clip >= 1,
+               f"token_clip={self.token_clip}: use 0 (off) or a multiple of the median token energy >= 1")
+        _check(self.refine_steps >= 0, f"refine_steps={self.refine_steps}: use 0 (off) or a positive count")
+        _check(not (self.group_search and self.group_params == "frozen"),
+               "group_search chooses group parameters as the solver reaches each group: "
+               "use group_params='updated' with it")
         _check(
             self.group_params in GROUP_PARAM_SOURCES,
             f"group_params={self.group_params!r}: use updated or frozen",

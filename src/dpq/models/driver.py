@@ -26,9 +26,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dpq.algorithms import relative_output_error, solve
-from dpq.algorithms.hessian import HessianAccumulator
+from dpq.algorithms.gptaq import asymmetric_target
 from dpq.config import QuantConfig
+from dpq.models.float_path import run_float_layer
 from dpq.models.observers import ActObserver
+from dpq.models.set_inputs import SetInputs
+from dpq.models.set_inputs import hessian_tokens as _hessian_tokens  # noqa: F401 - moved there
 from dpq.models.specs import ArchSpec, get_submodule, set_submodule, spec_for
 from dpq.nn.linear import W4A8Linear
 
@@ -67,6 +70,8 @@ class QuantSummary:
     peak_device_mb: float | None = None
     calib_tokens: int = 0
     data_free: bool = False  # no calibration pass (RTN weights, no static activation scales)
+    smoothing: dict = field(default_factory=dict)  # {first Linear of a set: chosen scales}, with smooth on
+    refine: dict = field(default_factory=dict)  # {decoder layer: {"loss_before", "loss_after", "seconds"}}
 
     @property
     def mean_rel_error(self) -> float:
@@ -189,29 +194,20 @@ def _run_layer(layer, hidden, kwargs, index, device, stop_ok=False, replay=None)
     return outs
 
 
-def _hessian_tokens(x: torch.Tensor, skip_first: int) -> torch.Tensor:
-    """The tokens of a Linear's input x [B, T, K] that enter its Hessian: x[:, skip_first:] [B, T - skip_first, K]."""
-    if skip_first == 0:
-        return x
-    if x.dim() != 3:
-        raise ValueError(f"skip_first={skip_first} needs Linear inputs of shape [batch, tokens, features], "
-                         f"got {tuple(x.shape)}: set skip_first=0 for this model")
-    return x[:, skip_first:]
-
-
 def _quantize_group(layer, names, hidden, kwargs, index, prefix, config, device, summary, replay=None,
-                    record=None):
+                    record=None, ref_inputs=None):
     """Collect the Hessian and input range of one set of Linears, solve, swap in W4A8 modules.
 
     The spec declares that the Linears of a set see the same input, so one Hessian and one
     activation observer (fed by the first Linear's hook) serve the whole set.
     replay: the layer's `_ReplayedAttention`, if installed; record: a list that receives the
-    set's input per batch (on the CPU), if given.
+    set's input per batch (on the CPU), if given; ref_inputs: the set's input per batch in the
+    float model (`dpq.models.float_path`), for the asymmetric correction.
     """
     mods = {n: get_submodule(layer, n) for n in names}
     first = names[0]
     k = mods[first].in_features
-    hess = HessianAccumulator(k, name=f"{prefix}.{'/'.join(names)}", device=device)
+    hess = SetInputs(k, f"{prefix}.{'/'.join(names)}", device, config, ref_inputs)
     obs = ActObserver(config.act, config.calib.seed)
     seen: set[str] = set()
     static_act = config.activations_fp8 and config.target == "paper"  # vllm-w4afp8: per-token at run time
@@ -220,7 +216,7 @@ def _quantize_group(layer, names, hidden, kwargs, index, prefix, config, device,
         def fn(_mod, inputs, _out):
             if name == first:
                 x = inputs[0].detach()
-                hess.add(_hessian_tokens(x, config.calib.skip_first))
+                hess.add(x)
                 if record is not None:
                     record.append(x.cpu())
                 if static_act:
@@ -238,13 +234,13 @@ def _quantize_group(layer, names, hidden, kwargs, index, prefix, config, device,
     finally:
         for h in handles:
             h.remove()
-    h = hess.hessian()
-    share = hess.top_token_share()
     s_x = obs.scale(config.fp8.fp8_max) if static_act else None
+    h, cross, share = hess.finish(s_x)
     for n, m in mods.items():
         full = f"{prefix}.{n}"
         w = m.weight.detach().to(device=device, dtype=torch.float32)
-        qw = solve(w, h, config, name=full)
+        target = w if cross is None else asymmetric_target(w, h, cross, config.solver.asym_alpha, config.solver.damp)
+        qw = solve(target, h, config, name=full)
         bias = None if m.bias is None else m.bias.detach()
         q = W4A8Linear.from_quantized(qw, bias, config.weight.scale_dtype, config.target)
         if s_x is not None:
@@ -255,18 +251,22 @@ def _quantize_group(layer, names, hidden, kwargs, index, prefix, config, device,
 
 
 def _quantize_layer(layer, spec: ArchSpec, hidden, kwargs, i, prefix, config, device, summary,
-                    replay_attention: bool = True):
-    """Quantize one decoder layer's Linears set by set; returns its outputs (the next layer's inputs)."""
+                    replay_attention: bool = True, ref=None):
+    """Quantize one decoder layer's Linears set by set; returns its outputs (the next layer's inputs).
+
+    ref: the layer's `FloatLayerRecord` (float model run alongside), or None.
+    """
     replay, attention = None, None
     try:
-        for names in spec.sequence:
+        for j, names in enumerate(spec.sequence):
             todo = [n for n in names if not _matches(f"{prefix}.{n}", config.ignore)]
             summary.skipped += [f"{prefix}.{n}" for n in names if n not in todo]
             if not todo:
                 continue
             wanted = replay_attention and replay is None and spec.attention and todo == [spec.attention_output]
             record = [] if wanted else None
-            _quantize_group(layer, todo, hidden, kwargs, i, prefix, config, device, summary, replay, record)
+            _quantize_group(layer, todo, hidden, kwargs, i, prefix, config, device, summary, replay, record,
+                            None if ref is None else ref.inputs[j])
             if record is not None and len(record) == len(hidden):
                 attention = get_submodule(layer, spec.attention)
                 replay = _ReplayedAttention(get_submodule(layer, spec.attention_output), record, device)
@@ -307,16 +307,40 @@ def quantize_model(
         _quantize_data_free(layers, spec, config, device, summary, progress)
         return _finish(summary, t0, device)
     hidden, kwargs = capture_inputs(model, spec, calib, batch_size, device)
+    sol = config.solver
+    float_hidden = list(hidden) if (sol.asym_alpha > 0 or sol.smooth or sol.refine_steps) else None
     bar = tqdm(range(len(layers)), desc=f"dpq {config.method}", unit="layer", disable=not progress)
     for i in bar:
         prefix = f"{spec.layers}.{i}"
         layer = layers[i].to(device)
-        hidden = _quantize_layer(layer, spec, hidden, kwargs, i, prefix, config, device, summary, replay_attention)
+        ref = None
+        if float_hidden is not None:  # the float layer on the float hidden states, before quantizing it
+            ref = run_float_layer(layer, spec, float_hidden, kwargs, i, device)
+            if sol.smooth:
+                _smooth(layer, spec, model.config, ref, config, prefix, summary)
+        layer_in = hidden
+        hidden = _quantize_layer(layer, spec, hidden, kwargs, i, prefix, config, device, summary, replay_attention,
+                                 ref)
+        if sol.refine_steps:
+            from dpq.algorithms.refine import refine_layer  # noqa: PLC0415
+
+            hidden = refine_layer(layer, layer_in, ref.outputs, kwargs, i, config, device, summary, prefix)
+        if ref is not None:
+            float_hidden = ref.outputs
         layers[i] = layer.to("cpu")
         last = summary.linears[-1] if summary.linears else None
         if last is not None:
             bar.set_postfix(err=f"{last.rel_error:.4f}")
     return _finish(summary, t0, device)
+
+
+def _smooth(layer, spec: ArchSpec, model_config, ref, config: QuantConfig, prefix: str, summary) -> None:
+    """Fold per-channel input scales into the float layer before it is quantized (`dpq.models.smoothing`)."""
+    from dpq.models.smoothing import smooth_layer  # noqa: PLC0415
+
+    skip = [names[0] for names in spec.sequence if all(_matches(f"{prefix}.{n}", config.ignore) for n in names)]
+    for first, rep in smooth_layer(layer, spec, model_config, ref, config, skip).items():
+        summary.smoothing[f"{prefix}.{first}"] = rep["choice"]
 
 
 def _quantize_data_free(layers, spec: ArchSpec, config: QuantConfig, device, summary, progress) -> None:
