@@ -35,7 +35,7 @@ def quantize(model, tokenizer, config: QuantConfig | None = None, calib: torch.T
     config = config or QuantConfig()
     if calib is None:
         c = config.calib
-        calib = calibration_batches(tokenizer, c.source, c.samples, c.seq_len, c.seed)
+        calib = calibration_batches(tokenizer, c.source, c.samples, c.seq_len, c.seed, c.holdout)
     summary = quantize_model(model, calib, config, device=device, batch_size=batch_size, progress=progress)
     summary.calibration = {
         "source": config.calib.source,

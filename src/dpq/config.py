@@ -26,6 +26,15 @@ FP8_E4M3FN_MAX = 448.0
 FP8_GAUDI2_MAX = 240.0
 """Largest E4M3 value Gaudi 2 represents."""
 
+FP8_AWARE_METHODS = ("dpq", "dpq-gar")
+"""Methods whose solver compensates the FP8 rounding of the weight (DPQ)."""
+GAR_METHODS = ("dpq-gar",)
+"""Methods that visit columns in group-aware order."""
+SOLVER_OPTIONS = ("group_search", "deployed_hessian", "asym_alpha", "smooth", "token_clip", "refine_steps")
+"""SolverSpec's options beyond the paper, settable per run (`QuantConfig.for_method(..., **options)`)."""
+METHOD_OPTIONS: dict[str, dict[str, Any]] = {}
+"""The options a named method turns on (none for the paper's methods)."""
+
 ACT_SCALE_METHODS = ("maxabs", "percentile", "mse")
 GROUP_PARAM_SOURCES = ("updated", "frozen")
 TARGETS = ("paper", "vllm-w4afp8")
@@ -205,6 +214,8 @@ class CalibSpec:
         Hessians (still run through the model and still seen by the activation-scale
         observers). Position 0 is where attention-sink models put massive activations
         that can carry most of tr(H) for a few Linears; 0 (default) keeps every token.
+    holdout: draw the windows only from the first 80% of the text's tokens, so the rest can
+        choose settings (`dpq.io.data.heldout_ids`; `--ppl wikitext2-heldout`) without test data.
     """
 
     source: str = "wikitext2"
@@ -212,6 +223,7 @@ class CalibSpec:
     seq_len: int = 2048
     seed: int = 0
     skip_first: int = 0
+    holdout: bool = False
 
     def __post_init__(self) -> None:
         _check(self.samples > 0, f"calib samples={self.samples}: need at least one sample")
@@ -270,18 +282,29 @@ class QuantConfig:
         act_order: bool = False,
         scale_dtype: str = "bfloat16",
         target: str = "paper",
+        **options: Any,
     ) -> "QuantConfig":
-        """The settings of a named method (see the method page's section 5)."""
+        """The settings of a named method (see the method page's section 5).
+
+        options: SolverSpec's options beyond the paper (group_search, deployed_hessian,
+        asym_alpha, smooth, token_clip, refine_steps); None or absent keeps the method's own
+        (`METHOD_OPTIONS`; off for the paper's methods).
+        """
         _check(method in METHODS, f"method {method!r}: use one of {', '.join(METHODS)}")
+        unknown = set(options) - set(SOLVER_OPTIONS)
+        _check(not unknown, f"unknown solver options {sorted(unknown)}: use {', '.join(SOLVER_OPTIONS)}")
+        chosen = {**METHOD_OPTIONS.get(method, {}), **{k: v for k, v in options.items() if v is not None}}
         w4a16 = method.endswith("w4a16")
         algorithm = "rtn" if method.startswith("rtn") else "gptq"
+        gar = method in GAR_METHODS
         solver = SolverSpec(
             algorithm=algorithm,
-            fp8_aware=method in ("dpq", "dpq-gar"),
+            fp8_aware=method in FP8_AWARE_METHODS,
             group_params=group_params,
-            gar=method == "dpq-gar",
-            act_order=act_order and method != "dpq-gar",
+            gar=gar,
+            act_order=act_order and not gar,
             damp=damp,
+            **chosen,
         )
         return cls(
             method=method,

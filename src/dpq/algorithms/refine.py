@@ -83,10 +83,10 @@ class RefinableLinear(nn.Module):
         xf = x.float()
         if self.s_x is not None:
             xf = _ste(xf, fp8_cast(xf / self.s_x, self.f) * self.s_x)
-        y = xf @ self.weight().t()
+        y = (xf @ (self.weight() / self.s_w).t()) * self.s_w  # (.., N), as the kernel: scales after the dot
         if self.bias is not None:
             y = y + self.bias
-        return y.to(x.dtype)
+        return _ste(y, y.to(torch.bfloat16).float()).to(x.dtype)  # BF16 output, as the kernel
 
     @torch.no_grad()
     def clamp_(self) -> None:

@@ -308,7 +308,12 @@ def quantize_model(
         return _finish(summary, t0, device)
     hidden, kwargs = capture_inputs(model, spec, calib, batch_size, device)
     sol = config.solver
-    float_hidden = list(hidden) if (sol.asym_alpha > 0 or sol.smooth or sol.refine_steps) else None
+    float_hidden = list(hidden) if (sol.asym_alpha > 0 or sol.smooth) else None
+    refine = None
+    if sol.refine_steps:
+        from dpq.models.refining import RefineStream  # noqa: PLC0415
+
+        refine = RefineStream(model, spec, calib, config, device)
     bar = tqdm(range(len(layers)), desc=f"dpq {config.method}", unit="layer", disable=not progress)
     for i in bar:
         prefix = f"{spec.layers}.{i}"
@@ -318,13 +323,14 @@ def quantize_model(
             ref = run_float_layer(layer, spec, float_hidden, kwargs, i, device)
             if sol.smooth:
                 _smooth(layer, spec, model.config, ref, config, prefix, summary)
+        if refine is not None:
+            refine.float_targets(layer, i)
         layer_in = hidden
         hidden = _quantize_layer(layer, spec, hidden, kwargs, i, prefix, config, device, summary, replay_attention,
                                  ref)
-        if sol.refine_steps:
-            from dpq.algorithms.refine import refine_layer  # noqa: PLC0415
-
-            hidden = refine_layer(layer, layer_in, ref.outputs, kwargs, i, config, device, summary, prefix)
+        if refine is not None:  # train the quantized layer against the float one, then redo its outputs
+            summary.refine[prefix] = refine.refine(layer, i)
+            hidden = _run_layer(layer, layer_in, kwargs, i, device)
         if ref is not None:
             float_hidden = ref.outputs
         layers[i] = layer.to("cpu")
