@@ -49,7 +49,7 @@ from dpq.algorithms.gptaq import CrossAccumulator, asymmetric_target
 from dpq.config import QuantConfig
 from dpq.io.data import calibration_batches
 from dpq.models.loading import load_float_model
-from dpq.models.smoothing import SAMPLE_TOKENS, kv_tie, search_scales
+from dpq.models.smoothing import SAMPLE_TOKENS, kv_tie, sample_tokens, search_scales
 from dpq.models.specs import spec_for
 from dpq.numerics.fp8 import quantize_activation
 
@@ -168,10 +168,7 @@ def set_scales(model, stats: dict, args) -> dict[str, torch.Tensor]:
     for li in layer_ids:
         for names in spec.sequence:
             keys = [f"layers.{li}.{n}" for n in names]
-            x = torch.cat(stats[keys[0]]["calib"])  # (T, K)
-            amax = x.abs().amax(dim=0)
-            gen = torch.Generator().manual_seed(0)
-            sample = x[torch.randperm(x.shape[0], generator=gen)[:SAMPLE_TOKENS]]
+            sample, amax = sample_tokens(stats[keys[0]]["calib"], SAMPLE_TOKENS, 0)
             weights = [stats[k]["mod"].weight.detach().float() for k in keys]
             tie = kv_tie(model.config) if names[0] == spec.attention_output else None
             s, _ = search_scales(weights, sample, amax, cfg, tie)

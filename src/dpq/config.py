@@ -18,7 +18,7 @@ shape mismatch instead of leaving the Linear randomly initialised; the settings 
 READABLE_FORMAT_VERSIONS = (1, 2)
 """Checkpoint format versions this dpq reads."""
 
-METHODS = ("dpq-gar", "dpq", "gptq-w4a16", "naive-w4a8", "rtn-w4a8", "rtn-w4a16")
+METHODS = ("dpq-gar", "dpq-gar-plus", "dpq", "gptq-w4a16", "naive-w4a8", "rtn-w4a8", "rtn-w4a16")
 """Quantization methods, the default first."""
 
 FP8_E4M3FN_MAX = 448.0
@@ -26,13 +26,15 @@ FP8_E4M3FN_MAX = 448.0
 FP8_GAUDI2_MAX = 240.0
 """Largest E4M3 value Gaudi 2 represents."""
 
-FP8_AWARE_METHODS = ("dpq", "dpq-gar")
+FP8_AWARE_METHODS = ("dpq", "dpq-gar", "dpq-gar-plus")
 """Methods whose solver compensates the FP8 rounding of the weight (DPQ)."""
-GAR_METHODS = ("dpq-gar",)
+GAR_METHODS = ("dpq-gar", "dpq-gar-plus")
 """Methods that visit columns in group-aware order."""
 SOLVER_OPTIONS = ("group_search", "deployed_hessian", "asym_alpha", "smooth", "token_clip", "refine_steps")
 """SolverSpec's options beyond the paper, settable per run (`QuantConfig.for_method(..., **options)`)."""
-METHOD_OPTIONS: dict[str, dict[str, Any]] = {}
+METHOD_OPTIONS: dict[str, dict[str, Any]] = {
+    "dpq-gar-plus": {"group_search": True, "deployed_hessian": True, "asym_alpha": 0.5},
+}
 """The options a named method turns on (none for the paper's methods)."""
 
 ACT_SCALE_METHODS = ("maxabs", "percentile", "mse")

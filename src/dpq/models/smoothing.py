@@ -16,9 +16,13 @@ division is folded into the op that produces the input (`ArchSpec.smooth_sources
 No new tensor exists at inference: the checkpoint holds the folded norm weights and Linears.
 `search_scales` picks s per set from candidates (no scaling first; AWQ's activation-power scales
 s = a^alpha; SmoothQuant's s = a^alpha / w^(1 - alpha), a and w per-channel max-abs of the
-inputs and of the set's weights), scored by the set's relative output error with round-to-nearest
-INT4 weights (FP8 inference weight) and static max-abs FP8 inputs, on a sample of calibration
-tokens of the float model, the FP8 scale taken from every token's channel maxima.
+inputs and of the set's weights; and outlier-only scales s = max(1, a / (r * a_99)) that bring
+only the channels far above the 99th-percentile channel maximum a_99 down to r * a_99, the
+massive-activation channels), scored by the set's output error with round-to-nearest INT4
+weights (FP8 inference weight) and static max-abs FP8 inputs, on a sample of calibration tokens of
+the float model (random tokens plus the highest-energy ones, so massive-activation tokens are
+always in it). Each token's error counts relative to its own output norm, so a few massive tokens
+do not decide the choice alone; the FP8 scale comes from every token's channel maxima.
 """
 
 from __future__ import annotations
@@ -34,8 +38,12 @@ AWQ_ALPHAS = (0.15, 0.3, 0.45, 0.6, 0.75)
 """Exponents of the activation-only candidates s = a^alpha (normalised)."""
 SQ_ALPHAS = (0.5,)
 """Migration strengths of the SmoothQuant candidates s = a^alpha / w^(1 - alpha)."""
+OUTLIER_RATIOS = (1.0, 4.0)
+"""r of the outlier-only candidates s = max(1, a / (r * a_99))."""
 SAMPLE_TOKENS = 2048
-"""Calibration tokens the search scores each candidate on."""
+"""Random calibration tokens the search scores each candidate on."""
+TOP_TOKENS = 16
+"""Highest-energy tokens always added to the sample (massive activations)."""
 MIN_STAT = 1e-5
 """Floor of the channel statistics (dead channels)."""
 
@@ -49,12 +57,19 @@ def candidate_scales(amax: torch.Tensor, wmax: torch.Tensor) -> list[tuple[str, 
         out.append((f"awq{al:g}", a.pow(al)))
     for al in SQ_ALPHAS:
         out.append((f"sq{al:g}", a.pow(al) / w.pow(1 - al)))
-    return [(lab, s / (s.max() * s.min()).sqrt()) for lab, s in out]
+    out = [(lab, s / (s.max() * s.min()).sqrt()) if lab != "none" else (lab, s) for lab, s in out]
+    a99 = torch.quantile(a, 0.99)
+    for r in OUTLIER_RATIOS:
+        s = (a / (r * a99)).clamp(min=1.0)
+        if (s > 1).any():
+            out.append((f"outlier{r:g}", s))
+    return out
 
 
 def set_error(weights: list[torch.Tensor], x: torch.Tensor, amax: torch.Tensor, s: torch.Tensor,
               config: QuantConfig) -> float:
-    """Sum over the set's Linears of ||X W^T - X8 Wq^T||^2 / ||X W^T||^2 with inputs scaled by 1/s.
+    """Sum over the set's Linears of the mean over tokens t of ||e_t||^2 / ||y_t||^2, y = X W^T,
+    e = X8 Wq^T - y, with inputs scaled by 1/s.
 
     weights: [N, K] each; x: [T, K] sampled inputs; amax: [K] channel max-abs over all tokens
     (sets the static FP8 scale max(amax / s) / F); Wq: round-to-nearest INT4 of W diag(s) (the FP8
@@ -69,7 +84,8 @@ def set_error(weights: list[torch.Tensor], x: torch.Tensor, amax: torch.Tensor, 
     for w in weights:
         ref = x @ w.t()  # (T, N)
         wq = rtn_solve(w * s, config).weight()  # (N, K), the scaled weight as inference sees it
-        total += float((xs @ wq.t() - ref).square().sum() / ref.square().sum().clamp(min=1e-30))
+        per_token = (xs @ wq.t() - ref).square().sum(1) / ref.square().sum(1).clamp(min=1e-30)  # (T,)
+        total += float(per_token.mean())
     return total
 
 
@@ -137,12 +153,15 @@ def fold_scales(layer, spec: ArchSpec, names: tuple[str, ...], source: str, s: t
 
 
 def sample_tokens(batches: list[torch.Tensor], count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sample [count, K] of the tokens, amax [K] over all tokens) of per-batch inputs [b, T, K]."""
+    """(sample [<= count + TOP_TOKENS, K] of the tokens: random ones and the highest-energy ones,
+    amax [K] over all tokens) of per-batch inputs [b, T, K]."""
     flat = [b.reshape(-1, b.shape[-1]) for b in batches]
     amax = torch.stack([f.abs().amax(dim=0) for f in flat]).amax(dim=0).float()
     allx = torch.cat(flat)
     gen = torch.Generator().manual_seed(seed)
     idx = torch.randperm(allx.shape[0], generator=gen)[: min(count, allx.shape[0])]
+    top = allx.float().square().sum(1).topk(min(TOP_TOKENS, allx.shape[0])).indices
+    idx = torch.unique(torch.cat([idx, top]))
     return allx[idx].float(), amax
 
 
