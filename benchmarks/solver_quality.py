@@ -23,7 +23,8 @@ in combination (labels `dpq-gar+gs`, `+dh`, `+aq0.5`, `+sm`, ...):
   gs     group-parameter search on the FP8 inference weight;
   dh     Hessian of the deployed inputs s_x * fp8(X / s_x);
   aqA    asymmetric correction with weight A (at the layer level the float model feeds every
-         Linear, so the only gap between float and deployed inputs is the FP8 cast of X);
+         Linear, so the only gap between float and deployed inputs is the FP8 cast of X: the
+         rows pair it with dh);
   sm     per-channel input scales of each set of Linears (shared by q/k/v, by gate/up; one per
          value channel for o_proj), searched as the driver does and applied to W and X.
 
@@ -68,9 +69,7 @@ METHODS = {
 OPTION_ROWS = {  # label: (for_method options, deployed H, asym alpha, smoothing)
     "dpq-gar+gs": ({"group_search": True}, False, 0.0, False),
     "dpq-gar+dh": ({}, True, 0.0, False),
-    "dpq-gar+aq0.25": ({}, False, 0.25, False),
-    "dpq-gar+aq0.5": ({}, False, 0.5, False),
-    "dpq-gar+aq1": ({}, False, 1.0, False),
+    "dpq-gar+dh+aq0.25": ({}, True, 0.25, False),
     "dpq-gar+dh+aq0.5": ({}, True, 0.5, False),
     "dpq-gar+dh+aq1": ({}, True, 1.0, False),
     "dpq-gar+sm": ({}, False, 0.0, True),
@@ -131,7 +130,8 @@ def run_model(model_name: str, args) -> list[dict]:
     stats = capture(model, layer_ids, calib, held, args.batch, keep_calib=args.options)
     print(f"[{model_name}] captured {len(stats)} Linears of layers {layer_ids} in {time.perf_counter() - t0:.0f}s")
     rows = []
-    scales = set_scales(model, stats, args) if args.options else {}
+    smooth_rows = [k for k, v in OPTION_ROWS.items() if v[3] and (not args.rows or k in args.rows)]
+    scales = set_scales(model, stats, args) if args.options and smooth_rows else {}
     capture_threads = torch.get_num_threads()
     torch.set_num_threads(args.solve_threads)  # the column loop is many small ops: threads only contend
     for key, st in stats.items():
@@ -139,6 +139,8 @@ def run_model(model_name: str, args) -> list[dict]:
         h = st["acc"].hessian()
         x = torch.cat(st["held"])
         for label, kw in METHODS.items():
+            if args.rows and label not in args.rows:
+                continue
             cfg = QuantConfig.for_method(
                 kw["method"], group_size=args.group_size, fp8_max=args.fp8_max,
                 group_params=kw.get("group_params", "updated"),
@@ -183,6 +185,8 @@ def option_rows(model_name: str, key: str, w: torch.Tensor, st: dict, s: torch.T
     x_cal = torch.cat(st["calib"])  # (T, K) float inputs
     x_held = torch.cat(st["held"])
     for label, (opts, deployed, alpha, smooth) in OPTION_ROWS.items():
+        if args.rows and label not in args.rows:
+            continue
         cfg = QuantConfig.for_method("dpq-gar", group_size=args.group_size, fp8_max=args.fp8_max, **opts)
         scale = s if smooth and s is not None else torch.ones(w.shape[1])
         ws, xc, xh = w * scale, x_cal / scale, x_held / scale  # the float function is unchanged
@@ -192,13 +196,9 @@ def option_rows(model_name: str, key: str, w: torch.Tensor, st: dict, s: torch.T
         acc.add(xd)
         h = acc.hessian()
         target = ws
-        if alpha > 0:
+        if alpha > 0:  # C = (X - X_deployed)^T X_deployed: the layer's own FP8 input error
             cross = CrossAccumulator(w.shape[1], key)
-            xq = quantize_activation(xc, s_x, args.fp8_max) * s_x  # the FP8 inputs the layer really gets
-            cross.add(xc, xq)
-            acc_q = HessianAccumulator(w.shape[1], key)
-            acc_q.add(xq)
-            h = acc_q.hessian()
+            cross.add(xc, xd)
             target = asymmetric_target(ws, h, cross.cross(), alpha, cfg.solver.damp)
         qw = solve(target, h, cfg, name=key)
         rows.append({
@@ -215,6 +215,8 @@ def summarize(rows: list[dict]) -> list[dict]:
     for model in dict.fromkeys(r["model"] for r in rows):
         for method in labels:
             rs = [r for r in rows if r["model"] == model and r["method"] == method]
+            if not rs:
+                continue
             worst = max(rs, key=lambda r: r["err"])
             out.append({
                 "model": model, "method": method, "mean_err": statistics.mean(r["err"] for r in rs),
@@ -258,7 +260,8 @@ def ordering(summary: list[dict]) -> dict[str, bool]:
     res = {}
     for model in dict.fromkeys(s["model"] for s in summary):
         e = {s["method"]: s["mean_err"] for s in summary if s["model"] == model}
-        res[model] = e["dpq-gar"] <= e["dpq"] < e["naive-w4a8"] < e["rtn-w4a8"]
+        if all(m in e for m in ("dpq-gar", "dpq", "naive-w4a8", "rtn-w4a8")):
+            res[model] = e["dpq-gar"] <= e["dpq"] < e["naive-w4a8"] < e["rtn-w4a8"]
     return res
 
 
@@ -274,6 +277,8 @@ def main() -> None:
     ap.add_argument("--fp8-max", type=float, default=448.0)
     ap.add_argument("--solve-threads", type=int, default=1, help="torch threads while solving")
     ap.add_argument("--options", action="store_true", help="also the dpq-gar rows with the options beyond the paper")
+    ap.add_argument("--rows", type=lambda t: [r for r in t.split(",") if r], default=None,
+                    help="only these rows (comma-separated labels; default all)")
     args = ap.parse_args()
     torch.manual_seed(0)
     rows = []

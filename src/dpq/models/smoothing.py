@@ -18,30 +18,35 @@ No new tensor exists at inference: the checkpoint holds the folded norm weights 
 s = a^alpha; SmoothQuant's s = a^alpha / w^(1 - alpha), a and w per-channel max-abs of the
 inputs and of the set's weights; and outlier-only scales s = max(1, a / (r * a_99)) that bring
 only the channels far above the 99th-percentile channel maximum a_99 down to r * a_99, the
-massive-activation channels), scored by the set's output error with round-to-nearest INT4
-weights (FP8 inference weight) and static max-abs FP8 inputs, on a sample of calibration tokens of
-the float model (random tokens plus the highest-energy ones, so massive-activation tokens are
-always in it). Each token's error counts relative to its own output norm, so a few massive tokens
+massive-activation channels), scored by the set's output error with the weights the solver
+itself produces (DPQ-GAR on a Hessian of sampled tokens; round to nearest ranks candidates
+differently from an error-compensating solver) and static max-abs FP8 inputs, on other sampled
+calibration tokens of the float model (random tokens plus the highest-energy ones, so
+massive-activation tokens are always scored). Each token's error counts relative to its own output norm, so a few massive tokens
 do not decide the choice alone; the FP8 scale comes from every token's channel maxima.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
+from dpq.algorithms import hessian_from_inputs, solve
 from dpq.algorithms.rtn import rtn_solve
 from dpq.config import QuantConfig
 from dpq.models.specs import ArchSpec, get_submodule
 from dpq.numerics.fp8 import quantize_activation
 
-AWQ_ALPHAS = (0.15, 0.3, 0.45, 0.6, 0.75)
+AWQ_ALPHAS = (0.25, 0.5)
 """Exponents of the activation-only candidates s = a^alpha (normalised)."""
 SQ_ALPHAS = (0.5,)
 """Migration strengths of the SmoothQuant candidates s = a^alpha / w^(1 - alpha)."""
 OUTLIER_RATIOS = (1.0, 4.0)
 """r of the outlier-only candidates s = max(1, a / (r * a_99))."""
-SAMPLE_TOKENS = 2048
-"""Random calibration tokens the search scores each candidate on."""
+SAMPLE_TOKENS = 4096
+"""Random calibration tokens of the search: three quarters build the candidate's Hessian, the rest
+(with the highest-energy tokens) score it."""
 TOP_TOKENS = 16
 """Highest-energy tokens always added to the sample (massive activations)."""
 MIN_STAT = 1e-5
@@ -67,23 +72,28 @@ def candidate_scales(amax: torch.Tensor, wmax: torch.Tensor) -> list[tuple[str, 
 
 
 def set_error(weights: list[torch.Tensor], x: torch.Tensor, amax: torch.Tensor, s: torch.Tensor,
-              config: QuantConfig) -> float:
+              config: QuantConfig, fit: torch.Tensor | None = None) -> float:
     """Sum over the set's Linears of the mean over tokens t of ||e_t||^2 / ||y_t||^2, y = X W^T,
     e = X8 Wq^T - y, with inputs scaled by 1/s.
 
     weights: [N, K] each; x: [T, K] sampled inputs; amax: [K] channel max-abs over all tokens
-    (sets the static FP8 scale max(amax / s) / F); Wq: round-to-nearest INT4 of W diag(s) (the FP8
-    inference weight when FP8 is on).
+    (sets the static FP8 scale max(amax / s) / F). Wq is the FP8 inference weight of W diag(s)
+    solved by the run's solver without the options beyond the paper (DPQ-GAR for dpq-gar-plus) on
+    the Hessian of fit [T', K] / s, or rounded to nearest when fit is None.
     """
     xs = x / s  # (T, K)
     f = config.fp8.fp8_max
     if f is not None:
         s_x = float((amax / s).max()) / f
         xs = quantize_activation(xs, s_x, f) * s_x
+    h = None if fit is None else hessian_from_inputs(fit / s)
+    plain = dataclasses.replace(config, solver=dataclasses.replace(
+        config.solver, group_search=False, deployed_hessian=False, asym_alpha=0.0, smooth=False, refine_steps=0))
     total = 0.0
     for w in weights:
         ref = x @ w.t()  # (T, N)
-        wq = rtn_solve(w * s, config).weight()  # (N, K), the scaled weight as inference sees it
+        ws = w * s
+        wq = (rtn_solve(ws, config) if h is None else solve(ws, h, plain)).weight()  # (N, K)
         per_token = (xs @ wq.t() - ref).square().sum(1) / ref.square().sum(1).clamp(min=1e-30)  # (T,)
         total += float(per_token.mean())
     return total
@@ -93,6 +103,9 @@ def search_scales(weights: list[torch.Tensor], x: torch.Tensor, amax: torch.Tens
                   tie=None) -> tuple[torch.Tensor, dict[str, float]]:
     """The candidate with the least `set_error`: (s [K], {label: error}).
 
+    x: [T, K] sampled inputs, shuffled, the highest-energy tokens last: the first three quarters
+    build each candidate's Hessian, the rest score it.
+
     tie(s_small) -> s [K] expands scales chosen in a smaller space (the value channels of o_proj's
     input); amax and the weights' column max-abs are reduced to that space by the caller's `tie`
     inverse, so candidates are built there (`reduce` below).
@@ -100,9 +113,11 @@ def search_scales(weights: list[torch.Tensor], x: torch.Tensor, amax: torch.Tens
     wmax = torch.stack([w.abs().amax(dim=0) for w in weights]).amax(dim=0)  # (K,)
     a_c, w_c = (amax, wmax) if tie is None else (tie.reduce(amax), tie.reduce(wmax))
     errors, best, best_s = {}, float("inf"), None
+    n_fit = x.shape[0] * 3 // 4
+    fit, x = x[:n_fit], x[n_fit:]
     for label, s in candidate_scales(a_c, w_c):
         s_full = s if tie is None else tie.expand(s)
-        err = set_error(weights, x, amax, s_full, config)
+        err = set_error(weights, x, amax, s_full, config, fit)
         errors[label] = err
         if err < best:  # strict: ties keep "none"
             best, best_s = err, s_full
@@ -161,7 +176,7 @@ def sample_tokens(batches: list[torch.Tensor], count: int, seed: int) -> tuple[t
     gen = torch.Generator().manual_seed(seed)
     idx = torch.randperm(allx.shape[0], generator=gen)[: min(count, allx.shape[0])]
     top = allx.float().square().sum(1).topk(min(TOP_TOKENS, allx.shape[0])).indices
-    idx = torch.unique(torch.cat([idx, top]))
+    idx = torch.cat([idx[~torch.isin(idx, top)], top])  # random tokens, then the highest-energy ones
     return allx[idx].float(), amax
 
 
