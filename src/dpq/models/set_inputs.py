@@ -69,15 +69,15 @@ class SetInputs:
         sol, skip = self.config.solver, self.config.calib.skip_first
         if self.ref is not None and len(self.ref) != len(self.records):
             raise ValueError(f"{self.name}: {len(self.ref)} float batches for {len(self.records)} quantized ones")
-        xs = [self._deployed(x, s_x) for x in self.records]
         weights = None
         if sol.token_clip > 0:
-            energy = torch.cat([hessian_tokens(x, skip).reshape(-1, self.k).square().sum(1) for x in xs])
+            energy = torch.cat([hessian_tokens(self._deployed(x, s_x), skip).reshape(-1, self.k).square().sum(1)
+                                for x in self.records])
             weights = token_weights(energy, sol.token_clip).sqrt()
         cross = CrossAccumulator(self.k, self.name, self.device) if self.ref is not None else None
         start = 0
-        for b, x in enumerate(xs):
-            x = hessian_tokens(x, skip).reshape(-1, self.k)  # (T, K)
+        for b, raw in enumerate(self.records):  # batch by batch: one deployed copy at a time
+            x = hessian_tokens(self._deployed(raw, s_x), skip).reshape(-1, self.k)  # (T, K)
             scale = None if weights is None else weights[start : start + x.shape[0]].unsqueeze(1)
             start += x.shape[0]
             xw = x if scale is None else x * scale
