@@ -130,3 +130,21 @@ def test_holdout_calibration_stays_in_the_first_part(tmp_path, smollm2_tokenizer
         assert any(head[i : i + 32] == row for i in range(cut - 31)), "a window outside the first part"
     starts_all = calibration_batches(smollm2_tokenizer, str(path), 64, 32, seed=0)
     assert not torch.equal(starts_all, batch)  # without holdout the windows come from the whole text
+
+
+def test_smoothing_search_tames_a_massive_channel():
+    from dpq.models.smoothing import search_scales
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2000, 64, generator=g) * 0.05
+    x[:, 5] *= 0.1
+    x[::500, 5] = 3000.0  # a few massive-activation tokens in one channel
+    w = torch.randn(32, 64, generator=g) * 0.05
+    w[:, 5] *= 0.2  # room in the weight column: scaling it up keeps its INT4 groups' ranges
+    amax = x.abs().amax(dim=0)
+    cfg = QuantConfig.for_method("dpq-gar", group_size=32)
+    perm = torch.randperm(2000, generator=g)
+    s, errors = search_scales([w], x[perm], amax, cfg)
+    best = min(errors, key=errors.get)
+    assert best.startswith("outlier") and errors[best] < 0.8 * errors["none"], errors
+    assert s[5] > 4 and (s[torch.arange(64) != 5] == 1).all()  # only the massive channel is scaled

@@ -17,8 +17,9 @@ No new tensor exists at inference: the checkpoint holds the folded norm weights 
 `search_scales` picks s per set from candidates (no scaling first; AWQ's activation-power scales
 s = a^alpha; SmoothQuant's s = a^alpha / w^(1 - alpha), a and w per-channel max-abs of the
 inputs and of the set's weights; and outlier-only scales s = max(1, a / (r * a_99)) that bring
-only the channels far above the 99th-percentile channel maximum a_99 down to r * a_99, the
-massive-activation channels), scored by the set's output error with the weights the solver
+only the channels far above a_99, the largest channel maximum outside the top 1% of channels,
+down to r * a_99: the massive-activation channels, each scaled weight column capped at 1x or 2x the
+median column max-abs, since a larger column sets its INT4 group's range in every row), scored by the set's output error with the weights the solver
 itself produces (DPQ-GAR on a Hessian of sampled tokens; round to nearest ranks candidates
 differently from an error-compensating solver) and static max-abs FP8 inputs, on other sampled
 calibration tokens of the float model (random tokens plus the highest-energy ones, so
@@ -42,8 +43,12 @@ AWQ_ALPHAS = (0.25, 0.5)
 """Exponents of the activation-only candidates s = a^alpha (normalised)."""
 SQ_ALPHAS = (0.5,)
 """Migration strengths of the SmoothQuant candidates s = a^alpha / w^(1 - alpha)."""
-OUTLIER_RATIOS = (1.0, 4.0)
+OUTLIER_RATIOS = (1.0, 8.0)
 """r of the outlier-only candidates s = max(1, a / (r * a_99))."""
+WEIGHT_GROWTH = (1.0, 2.0)
+"""Caps of the outlier-only candidates: a scaled weight column's max-abs stays within c x the median column
+max-abs; a larger column sets the INT4 range of its group in every row and rounds the group's other weights
+to a few levels (measured: a column at 8x its neighbours costs far more than the FP8 inputs gain)."""
 SAMPLE_TOKENS = 4096
 """Random calibration tokens of the search: three quarters build the candidate's Hessian, the rest
 (with the highest-energy tokens) score it."""
@@ -63,11 +68,12 @@ def candidate_scales(amax: torch.Tensor, wmax: torch.Tensor) -> list[tuple[str, 
     for al in SQ_ALPHAS:
         out.append((f"sq{al:g}", a.pow(al) / w.pow(1 - al)))
     out = [(lab, s / (s.max() * s.min()).sqrt()) if lab != "none" else (lab, s) for lab, s in out]
-    a99 = torch.quantile(a, 0.99)
+    a99 = a.sort(descending=True).values[max(1, a.numel() // 100)]  # the largest channel max outside the top 1%
     for r in OUTLIER_RATIOS:
-        s = (a / (r * a99)).clamp(min=1.0)
-        if (s > 1).any():
-            out.append((f"outlier{r:g}", s))
+        for c in WEIGHT_GROWTH:  # a scaled column may reach c x the median column max (INT4 group ranges)
+            s = torch.minimum((a / (r * a99)).clamp(min=1.0), (c * w.median() / w).clamp(min=1.0))
+            if (s > 1).any():
+                out.append((f"outlier{r:g}c{c:g}", s))
     return out
 
 
