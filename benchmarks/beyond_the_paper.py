@@ -41,16 +41,35 @@ def _options(q: dict) -> str:
     return ", ".join(shown) or "-"
 
 
+def _checkpoint_settings(path: str) -> dict:
+    cfg = Path(path) / "config.json"
+    if not cfg.is_file():
+        return {}
+    q = json.loads(cfg.read_text()).get("quantization_config", {})
+    return {**q.get("settings", {}).get("solver", {}), "calib": q.get("settings", {}).get("calib", {}),
+            "method": q.get("method")}
+
+
 def selection_rows(folder: str) -> list[dict]:
     rows = []
     for path in sorted(glob.glob(f"{folder}/sel_*.json")):
         d = _load(path)
+        if "results" not in d:  # a `dpq eval CHECKPOINT --json` file (checkpoint saved by an interrupted compare)
+            q = _checkpoint_settings(d["model"])
+            rows.append({
+                "file": Path(path).name, "model": Path(d["model"]).parts[-3] if len(Path(d["model"]).parts) > 2
+                else d["model"], "method": d["method"], "options": _options(q),
+                "calib": q.get("calib", {}).get("source", "wikitext2"), "heldout_ppl": d["wikitext2_ppl"],
+                "windows": d["windows"], "quantize_s": None, "complete": True,
+            })
+            continue
         for method, r in d["results"].items():
             if r.get("wikitext2_ppl") is None:
                 continue
             t = r["settings"]["timings"]
             rows.append({
-                "file": Path(path).name, "model": d["model"], "method": method, "options": _options(d["quant_kwargs"]),
+                "file": Path(path).name, "model": d["model"], "method": method,
+                "options": _options({**d["quant_kwargs"], **_checkpoint_settings(r.get("checkpoint", ""))}),
                 "calib": d["quant_kwargs"].get("calib", {}).get("source", "wikitext2"),
                 "heldout_ppl": r["wikitext2_ppl"], "windows": r["windows"],
                 "quantize_s": t.get("quantize_s"), "complete": d.get("complete", False),
