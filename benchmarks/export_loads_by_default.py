@@ -104,7 +104,7 @@ def run(a) -> dict:
     return {
         "meta": {
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-            "git_commit": _git_commit(),
+            "commit": _git_commit(),
             "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "device": "cpu"},
             "versions": _versions(),
         },

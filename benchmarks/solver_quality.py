@@ -17,13 +17,28 @@ Reported per method, over all Linears of those layers:
   worst   the Linear with the largest err; time: mean solve seconds.
 
     python benchmarks/solver_quality.py --json benchmarks/results/solver_quality.json
+
+`--options` adds DPQ-GAR rows with the solver options beyond the paper (issue 26), each alone and
+in combination (labels `dpq-gar+gs`, `+dh`, `+aq0.5`, `+sm`, ...):
+  gs     group-parameter search on the FP8 inference weight;
+  dh     Hessian of the deployed inputs s_x * fp8(X / s_x);
+  aqA    asymmetric correction with weight A (at the layer level the float model feeds every
+         Linear, so the only gap between float and deployed inputs is the FP8 cast of X: the
+         rows pair it with dh);
+  sm     per-channel input scales of each set of Linears (shared by q/k/v, by gate/up; one per
+         value channel for o_proj), searched as the driver does and applied to W and X.
+
+    python benchmarks/solver_quality.py --options --json benchmarks/results/beyond-the-paper/solver_quality.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import subprocess
+import sys
 import statistics
 import time
 from pathlib import Path
@@ -31,9 +46,13 @@ from pathlib import Path
 import torch
 
 from dpq.algorithms import HessianAccumulator, relative_output_error, solve
+from dpq.algorithms.gptaq import CrossAccumulator, asymmetric_target
 from dpq.config import QuantConfig
 from dpq.io.data import calibration_batches
 from dpq.models.loading import load_float_model
+from dpq.models.smoothing import SAMPLE_TOKENS, kv_tie, sample_tokens, search_scales
+from dpq.models.specs import spec_for
+from dpq.numerics.fp8 import quantize_activation
 
 METHODS = {
     "rtn-w4a16": dict(method="rtn-w4a16"),
@@ -47,14 +66,28 @@ METHODS = {
 }
 
 
+OPTION_ROWS = {  # label: (for_method options, deployed H, asym alpha, smoothing)
+    "dpq-gar+gs": ({"group_search": True}, False, 0.0, False),
+    "dpq-gar+dh": ({}, True, 0.0, False),
+    "dpq-gar+dh+aq0.25": ({}, True, 0.25, False),
+    "dpq-gar+dh+aq0.5": ({}, True, 0.5, False),
+    "dpq-gar+dh+aq1": ({}, True, 1.0, False),
+    "dpq-gar+sm": ({}, False, 0.0, True),
+    "dpq-gar+gs+dh+aq0.5": ({"group_search": True}, True, 0.5, False),
+    "dpq-gar+gs+dh+aq1": ({"group_search": True}, True, 1.0, False),
+    "dpq-gar+gs+dh+aq0.5+sm": ({"group_search": True}, True, 0.5, True),
+}
+
+
 def decoder_layers(model) -> torch.nn.ModuleList:
     """The decoder blocks of a Llama/Gemma-style causal LM (model.model.layers)."""
     return model.model.layers
 
 
 @torch.no_grad()
-def capture(model, layer_ids, calib: torch.Tensor, held: torch.Tensor, batch: int):
-    """Run the model; per Linear: Hessian, calibration max|x| and held-out inputs [T, K]."""
+def capture(model, layer_ids, calib: torch.Tensor, held: torch.Tensor, batch: int, keep_calib: bool = False):
+    """Run the model; per Linear: Hessian, calibration max|x| and held-out inputs [T, K]
+    (and the calibration inputs with keep_calib)."""
     layers = decoder_layers(model)
     stats, mode = {}, {"phase": "calib"}
     hooks = []
@@ -70,6 +103,8 @@ def capture(model, layer_ids, calib: torch.Tensor, held: torch.Tensor, batch: in
                     if mode["phase"] == "calib":
                         st["acc"].add(x)
                         st["amax"] = max(st["amax"], float(x.abs().max()))
+                        if keep_calib:
+                            st.setdefault("calib", []).append(x.clone())
                     else:
                         st["held"].append(x.clone())
 
@@ -92,9 +127,11 @@ def run_model(model_name: str, args) -> list[dict]:
     held = calibration_batches(tok, "wikitext2", args.held_samples, args.seq_len, seed=1)
     n = len(decoder_layers(model))
     layer_ids = sorted({0, n // 2, n - 1})
-    stats = capture(model, layer_ids, calib, held, args.batch)
+    stats = capture(model, layer_ids, calib, held, args.batch, keep_calib=args.options)
     print(f"[{model_name}] captured {len(stats)} Linears of layers {layer_ids} in {time.perf_counter() - t0:.0f}s")
     rows = []
+    smooth_rows = [k for k, v in OPTION_ROWS.items() if v[3] and (not args.rows or k in args.rows)]
+    scales = set_scales(model, stats, args) if args.options and smooth_rows else {}
     capture_threads = torch.get_num_threads()
     torch.set_num_threads(args.solve_threads)  # the column loop is many small ops: threads only contend
     for key, st in stats.items():
@@ -102,6 +139,8 @@ def run_model(model_name: str, args) -> list[dict]:
         h = st["acc"].hessian()
         x = torch.cat(st["held"])
         for label, kw in METHODS.items():
+            if args.rows and label not in args.rows:
+                continue
             cfg = QuantConfig.for_method(
                 kw["method"], group_size=args.group_size, fp8_max=args.fp8_max,
                 group_params=kw.get("group_params", "updated"),
@@ -114,17 +153,70 @@ def run_model(model_name: str, args) -> list[dict]:
                 "err_h": relative_output_error(w, qw, h),
                 "solve_seconds": qw.solve_seconds,
             })
+        if args.options:
+            rows += option_rows(model_name, key, w, st, scales.get(key), args)
         print(f"[{model_name}] {key} done", flush=True)
     torch.set_num_threads(capture_threads)
     del model
     return rows
 
 
+def set_scales(model, stats: dict, args) -> dict[str, torch.Tensor]:
+    """{Linear key: smoothing scales [K] of its set} chosen by the driver's search on calibration inputs."""
+    spec = spec_for(model.config)
+    cfg = QuantConfig.for_method("dpq-gar", group_size=args.group_size, fp8_max=args.fp8_max)
+    out = {}
+    layer_ids = sorted({int(k.split(".")[1]) for k in stats})
+    for li in layer_ids:
+        for names in spec.sequence:
+            keys = [f"layers.{li}.{n}" for n in names]
+            sample, amax = sample_tokens(stats[keys[0]]["calib"], SAMPLE_TOKENS, 0)
+            weights = [stats[k]["mod"].weight.detach().float() for k in keys]
+            tie = kv_tie(model.config) if names[0] == spec.attention_output else None
+            s, _ = search_scales(weights, sample, amax, cfg, tie)
+            for k in keys:
+                out[k] = s
+    return out
+
+
+def option_rows(model_name: str, key: str, w: torch.Tensor, st: dict, s: torch.Tensor | None, args) -> list[dict]:
+    """One row per OPTION_ROWS label for this Linear (held-out deployed error, as the other rows)."""
+    rows = []
+    x_cal = torch.cat(st["calib"])  # (T, K) float inputs
+    x_held = torch.cat(st["held"])
+    for label, (opts, deployed, alpha, smooth) in OPTION_ROWS.items():
+        if args.rows and label not in args.rows:
+            continue
+        cfg = QuantConfig.for_method("dpq-gar", group_size=args.group_size, fp8_max=args.fp8_max, **opts)
+        scale = s if smooth and s is not None else torch.ones(w.shape[1])
+        ws, xc, xh = w * scale, x_cal / scale, x_held / scale  # the float function is unchanged
+        s_x = float(xc.abs().max()) / args.fp8_max
+        xd = quantize_activation(xc, s_x, args.fp8_max) * s_x if deployed else xc
+        acc = HessianAccumulator(w.shape[1], key)
+        acc.add(xd)
+        h = acc.hessian()
+        target = ws
+        if alpha > 0:  # C = (X - X_deployed)^T X_deployed: the layer's own FP8 input error
+            cross = CrossAccumulator(w.shape[1], key)
+            cross.add(xc, xd)
+            target = asymmetric_target(ws, h, cross.cross(), alpha, cfg.solver.damp)
+        qw = solve(target, h, cfg, name=key)
+        rows.append({
+            "model": model_name, "layer": key, "method": label, "shape": list(w.shape),
+            "err": relative_output_error(ws, qw, xh, act_scale=s_x),
+            "err_h": relative_output_error(ws, qw, h), "solve_seconds": qw.solve_seconds,
+        })
+    return rows
+
+
 def summarize(rows: list[dict]) -> list[dict]:
     out = []
+    labels = list(METHODS) + [m for m in OPTION_ROWS if any(r["method"] == m for r in rows)]
     for model in dict.fromkeys(r["model"] for r in rows):
-        for method in METHODS:
+        for method in labels:
             rs = [r for r in rows if r["model"] == model and r["method"] == method]
+            if not rs:
+                continue
             worst = max(rs, key=lambda r: r["err"])
             out.append({
                 "model": model, "method": method, "mean_err": statistics.mean(r["err"] for r in rs),
@@ -148,12 +240,28 @@ def table(summary: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def against_dpq_gar(summary: list[dict], rows: list[dict]) -> list[dict]:
+    """Per option row: mean err relative to dpq-gar's, and on how many Linears it is lower."""
+    out = []
+    base = {(r["model"], r["layer"]): r["err"] for r in rows if r["method"] == "dpq-gar"}
+    for s in summary:
+        if s["method"] not in OPTION_ROWS:
+            continue
+        mine = [r for r in rows if r["model"] == s["model"] and r["method"] == s["method"]]
+        better = sum(r["err"] < base[(r["model"], r["layer"])] for r in mine)
+        ref = next(x["mean_err"] for x in summary if x["model"] == s["model"] and x["method"] == "dpq-gar")
+        out.append({"model": s["model"], "method": s["method"], "mean_err": s["mean_err"],
+                    "ratio_to_dpq_gar": s["mean_err"] / ref, "linears_better": better, "n_linears": len(mine)})
+    return out
+
+
 def ordering(summary: list[dict]) -> dict[str, bool]:
     """Does dpq-gar <= dpq < naive-w4a8 < rtn-w4a8 hold in mean deployed error, per model?"""
     res = {}
     for model in dict.fromkeys(s["model"] for s in summary):
         e = {s["method"]: s["mean_err"] for s in summary if s["model"] == model}
-        res[model] = e["dpq-gar"] <= e["dpq"] < e["naive-w4a8"] < e["rtn-w4a8"]
+        if all(m in e for m in ("dpq-gar", "dpq", "naive-w4a8", "rtn-w4a8")):
+            res[model] = e["dpq-gar"] <= e["dpq"] < e["naive-w4a8"] < e["rtn-w4a8"]
     return res
 
 
@@ -168,6 +276,9 @@ def main() -> None:
     ap.add_argument("--group-size", type=int, default=128)
     ap.add_argument("--fp8-max", type=float, default=448.0)
     ap.add_argument("--solve-threads", type=int, default=1, help="torch threads while solving")
+    ap.add_argument("--options", action="store_true", help="also the dpq-gar rows with the options beyond the paper")
+    ap.add_argument("--rows", type=lambda t: [r for r in t.split(",") if r], default=None,
+                    help="only these rows (comma-separated labels; default all)")
     args = ap.parse_args()
     torch.manual_seed(0)
     rows = []
@@ -177,16 +288,28 @@ def main() -> None:
     summary = write(rows, args)
     print(table(summary))
     print("ordering dpq-gar <= dpq < naive-w4a8 < rtn-w4a8:", ordering(summary))
+    for r in against_dpq_gar(summary, rows):
+        print(f"{r['model']} {r['method']}: {r['ratio_to_dpq_gar']:.4f} x dpq-gar, lower on {r['linears_better']}/{r['n_linears']}")
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def write(rows: list[dict], args) -> list[dict]:
     summary = summarize(rows)
     result = {
+        "meta": {"command": "python " + " ".join(sys.argv), "commit": _commit(),
+                 "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "device": "cpu"}},
         "device": platform.processor() or platform.machine(),
         "torch_threads": torch.get_num_threads(),
         "settings": {k: v for k, v in vars(args).items() if k != "json"},
         "numerics": "asymmetric INT4, bf16 group scales; W4A8: static max-abs per-tensor FP8 activations",
         "summary": summary, "ordering_dpq-gar<=dpq<naive<rtn": ordering(summary), "rows": rows,
+        "options_against_dpq_gar": against_dpq_gar(summary, rows),
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=1))

@@ -156,3 +156,27 @@ def test_compare_prints_a_note_per_flagged_method(capsys):
     assert [line.split(":")[0] for line in lines] == ["note (gptq-w4a16)", "note (rtn-w4a8)"]
     assert "FP8" not in lines[0] and "FP8 input scale" in lines[1]
     assert all("--ignore model.layers.1.mlp.down_proj" in line for line in lines)
+
+
+def test_quantize_solver_options_are_stored_and_loadable(tiny_llama_dir, tmp_path, capsys):
+    out = tmp_path / "plus"
+    rc = main(["quantize", str(tiny_llama_dir), "--out", str(out), "--calib-samples", "4", "--seq-len", "64",
+               "--group-size", "64", "--method", "dpq-gar-plus", "--asym-alpha", "0.25", "--smooth", "on",
+               "--calib-holdout"])
+    assert rc == 0
+    info = json.loads((out / "config.json").read_text())["quantization_config"]
+    solver = info["settings"]["solver"]
+    assert info["method"] == "dpq-gar-plus"
+    assert solver["group_search"] and solver["deployed_hessian"] and solver["smooth"]  # method's own + --smooth
+    assert solver["asym_alpha"] == 0.25 and info["settings"]["calib"]["holdout"]
+    import dpq  # noqa: PLC0415
+
+    model, tok = dpq.load(str(out))  # the smoothed norms and the W4A8 Linears load as any checkpoint
+    ids = tok("a test", return_tensors="pt").input_ids
+    assert model(ids).logits.isfinite().all()
+
+
+def test_solver_option_flags_are_validated(tiny_llama_dir, tmp_path, capsys):
+    rc = main(["quantize", str(tiny_llama_dir), "--out", str(tmp_path / "x"), "--asym-alpha", "5"])
+    assert rc == 2 and "asym_alpha=5.0" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -104,8 +104,40 @@ def _add_quantize(sub) -> None:
                    help="discard what an interrupted run with the same --out kept, instead of resuming it")
     p.add_argument("--offload-dir", default=None, metavar="DIR",
                    help="keep calibration activations in memory-mapped files under DIR (when they do not fit in RAM)")
+    p.add_argument("--calib-holdout", action="store_true",
+                   help="draw calibration windows only from the first 80%% of the text's tokens, leaving the rest "
+                        "for setting selection (dpq eval --ppl wikitext2-heldout)")
+    _solver_option_args(p)
     p.add_argument("--overwrite", action="store_true", help="replace --out if it is a dpq checkpoint (or empty)")
     p.set_defaults(func=cmd_quantize)
+
+
+ON_OFF = {"on": True, "off": False}
+
+
+def _solver_option_args(p) -> None:
+    """Options beyond the paper; unset keeps the method's own (off for dpq, dpq-gar and the baselines)."""
+    g = p.add_argument_group("solver options beyond the paper (default: the method's own)")
+    g.add_argument("--group-search", choices=sorted(ON_OFF), default=None,
+                   help="search each group's min/max shrink and zero point on the FP8 inference weight")
+    g.add_argument("--deployed-hessian", choices=sorted(ON_OFF), default=None,
+                   help="Hessian of the FP8-quantized inputs s_x * fp8(x / s_x) the deployed Linear sees")
+    g.add_argument("--asym-alpha", type=float, default=None, metavar="A",
+                   help="weight of GPTAQ's asymmetric correction toward the float model's outputs (0 = off)")
+    g.add_argument("--smooth", choices=sorted(ON_OFF), default=None,
+                   help="per-channel input scales folded into the preceding norm / Linear, chosen by search")
+    g.add_argument("--token-clip", type=float, default=None, metavar="C",
+                   help="cap each calibration token's weight in H at C x the median token energy (0 = off)")
+    g.add_argument("--refine", type=int, default=None, metavar="STEPS", dest="refine_steps",
+                   help="signed-gradient block refinement steps per decoder layer (0 = off)")
+
+
+def _solver_options(a) -> dict:
+    """The keyword arguments of QuantConfig.for_method for the options given on the command line."""
+    on_off = lambda v: None if v is None else ON_OFF[v]  # noqa: E731
+    return {"group_search": on_off(a.group_search), "deployed_hessian": on_off(a.deployed_hessian),
+            "asym_alpha": a.asym_alpha, "smooth": on_off(a.smooth), "token_clip": a.token_clip,
+            "refine_steps": a.refine_steps}
 
 
 def cmd_quantize(a) -> int:
@@ -116,8 +148,9 @@ def cmd_quantize(a) -> int:
 
     config = QuantConfig.for_method(  # symmetric None: the target's own (--target vllm-w4afp8 implies --sym)
         a.method, group_size=a.group_size, symmetric=True if a.sym else None, fp8_max=a.fp8_max,
-        act=ActSpec(method=a.act_scale), calib=CalibSpec(a.calib, a.calib_samples, a.seq_len, a.seed, a.calib_skip_first),
-        ignore=tuple(a.ignore), group_params=a.group_params, target=a.target,
+        act=ActSpec(method=a.act_scale), calib=CalibSpec(a.calib, a.calib_samples, a.seq_len, a.seed, a.calib_skip_first,
+                                                a.calib_holdout),
+        ignore=tuple(a.ignore), group_params=a.group_params, target=a.target, **_solver_options(a),
     )
     parse_size(a.max_shard_size)  # a bad size fails before any work
     if a.calib != "wikitext2":
@@ -189,7 +222,9 @@ def cmd_info(a) -> int:
 
 
 def _eval_options(p, default_max_windows=None) -> None:
-    p.add_argument("--ppl", default="wikitext2", choices=["wikitext2", "none"], help="perplexity data set, or none")
+    p.add_argument("--ppl", default="wikitext2", choices=["wikitext2", "wikitext2-heldout", "none"],
+                   help="perplexity data set: WikiText-2 test, the held-out last 20%% of the validation tokens "
+                        "(for choosing settings; see --calib-holdout), or none")
     p.add_argument("--seq-len", type=_count(2), default=2048, help="perplexity window in tokens")
     p.add_argument("--max-windows", type=POSITIVE, default=default_max_windows, help="use only the first N windows")
     p.add_argument("--tasks", default="", help="comma-separated: dpq's local tasks piqa,arc_easy,arc_challenge,boolq,"
@@ -278,6 +313,9 @@ def _add_compare(sub) -> None:
     p.add_argument("--fp8-max", type=float, default=448.0)
     p.add_argument("--act-scale", default="maxabs", choices=["maxabs", "percentile", "mse"])
     p.add_argument("--group-params", default="updated", choices=["updated", "frozen"])
+    p.add_argument("--calib-holdout", action="store_true",
+                   help="calibrate on the first 80%% of the text's tokens only (see dpq quantize)")
+    _solver_option_args(p)
     seed = p.add_mutually_exclusive_group()
     seed.add_argument("--seed", type=int, default=0, help="calibration seed (which windows of text calibrate)")
     seed.add_argument("--seeds", default=None, metavar="S1,S2,...",
@@ -300,7 +338,8 @@ def cmd_compare(a) -> int:
         _check_output_file(flag, path)
     quant_kwargs = dict(
         group_size=a.group_size, symmetric=a.sym, fp8_max=a.fp8_max, act=ActSpec(method=a.act_scale),
-        calib=CalibSpec(a.calib, a.calib_samples, a.calib_seq_len, a.seed, a.calib_skip_first), group_params=a.group_params,
+        calib=CalibSpec(a.calib, a.calib_samples, a.calib_seq_len, a.seed, a.calib_skip_first, a.calib_holdout),
+        group_params=a.group_params, **{k: v for k, v in _solver_options(a).items() if v is not None},
     )
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     if a.seeds is not None:

@@ -20,13 +20,24 @@ shape mismatch instead of leaving the Linear randomly initialised; the settings 
 READABLE_FORMAT_VERSIONS = (1, 2)
 """Checkpoint format versions this dpq reads."""
 
-METHODS = ("dpq-gar", "dpq", "gptq-w4a16", "naive-w4a8", "rtn-w4a8", "rtn-w4a16")
+METHODS = ("dpq-gar", "dpq-gar-plus", "dpq", "gptq-w4a16", "naive-w4a8", "rtn-w4a8", "rtn-w4a16")
 """Quantization methods, the default first."""
 
 FP8_E4M3FN_MAX = 448.0
 """Largest finite E4M3FN value (NVIDIA Hopper/Ada/Blackwell, Gaudi 3, MI350)."""
 FP8_GAUDI2_MAX = 240.0
 """Largest E4M3 value Gaudi 2 represents."""
+
+FP8_AWARE_METHODS = ("dpq", "dpq-gar", "dpq-gar-plus")
+"""Methods whose solver compensates the FP8 rounding of the weight (DPQ)."""
+GAR_METHODS = ("dpq-gar", "dpq-gar-plus")
+"""Methods that visit columns in group-aware order."""
+SOLVER_OPTIONS = ("group_search", "deployed_hessian", "asym_alpha", "smooth", "token_clip", "refine_steps")
+"""SolverSpec's options beyond the paper, settable per run (`QuantConfig.for_method(..., **options)`)."""
+METHOD_OPTIONS: dict[str, dict[str, Any]] = {
+    "dpq-gar-plus": {"group_search": True, "deployed_hessian": True, "asym_alpha": 0.5},
+}
+"""The options a named method turns on (none for the paper's methods)."""
 
 ACT_SCALE_METHODS = ("maxabs", "percentile", "mse")
 GROUP_PARAM_SOURCES = ("updated", "frozen")
@@ -269,6 +280,24 @@ class SolverSpec:
         groups. The two are exclusive.
     damp: fraction of mean(diag(H)) added to the diagonal.
     block_size: lazy-batch block of columns.
+
+    Options beyond the paper (all off by default, so the named paper methods are unchanged;
+    each keeps the checkpoint format and the kernel):
+    group_search: at each group's start, search shrink factors of the group's min and max and
+        the neighbouring zero points, scored by the Hessian-weighted error of the real inference
+        weight s_w * fp8((q - z) * s_g) (`dpq.algorithms.group_search`). Needs group_params
+        "updated".
+    deployed_hessian: build H from the inputs the deployed Linear multiplies,
+        s_x * fp8(x / s_x), instead of x.
+    asym_alpha: weight of the asymmetric correction (GPTAQ's objective
+        ||W X_float - Q X_q||): the solver's target becomes W + alpha * W dX^T X_q H^-1, with
+        X_float the float model's inputs run alongside (`dpq.algorithms.gptaq`); 0 is off.
+    smooth: per-channel input scales folded exactly into the operation before each set of
+        Linears, chosen by a search on the set's output error (`dpq.models.smoothing`).
+    token_clip: cap each calibration token's weight in H so that no token carries more than
+        token_clip times the median token energy (massive activations); 0 is off.
+    refine_steps: signed-gradient refinement steps per decoder layer after the solver
+        (`dpq.algorithms.refine`); 0 is off.
     """
 
     algorithm: str = "gptq"
@@ -278,10 +307,23 @@ class SolverSpec:
     act_order: bool = False
     damp: float = 0.01
     block_size: int = 128
+    group_search: bool = False
+    deployed_hessian: bool = False
+    asym_alpha: float = 0.0
+    smooth: bool = False
+    token_clip: float = 0.0
+    refine_steps: int = 0
 
     def __post_init__(self) -> None:
         _check_types(self)
         _check(self.algorithm in ("rtn", "gptq"), f"algorithm={self.algorithm!r}: use rtn or gptq")
+        _check(0 <= self.asym_alpha <= 2, f"asym_alpha={self.asym_alpha}: use a weight in [0, 2] (0 is off)")
+        _check(self.token_clip == 0 or self.token_clip >= 1,
+               f"token_clip={self.token_clip}: use 0 (off) or a multiple of the median token energy >= 1")
+        _check(self.refine_steps >= 0, f"refine_steps={self.refine_steps}: use 0 (off) or a positive count")
+        _check(not (self.group_search and self.group_params == "frozen"),
+               "group_search chooses group parameters as the solver reaches each group: "
+               "use group_params='updated' with it")
         _check(
             self.group_params in GROUP_PARAM_SOURCES,
             f"group_params={self.group_params!r}: use updated or frozen",
@@ -303,6 +345,8 @@ class CalibSpec:
         Hessians (still run through the model and still seen by the activation-scale
         observers). Position 0 is where attention-sink models put massive activations
         that can carry most of tr(H) for a few Linears; 0 (default) keeps every token.
+    holdout: draw the windows only from the first 80% of the text's tokens, so the rest can
+        choose settings (`dpq.io.data.heldout_ids`; `--ppl wikitext2-heldout`) without test data.
     """
 
     source: str = "wikitext2"
@@ -310,6 +354,7 @@ class CalibSpec:
     seq_len: int = 2048
     seed: int = 0
     skip_first: int = 0
+    holdout: bool = False
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -375,25 +420,34 @@ class QuantConfig:
         act_order: bool = False,
         scale_dtype: str = "bfloat16",
         target: str = "paper",
+        **options: Any,
     ) -> "QuantConfig":
         """The settings of a named method (see the method page's section 5).
 
         symmetric: None takes the target's own: asymmetric INT4 for "paper", symmetric for
             "vllm-w4afp8" (symmetric=False with "vllm-w4afp8" is refused, with the reason).
         ignore: module-name patterns (a single str is one pattern).
+        options: SolverSpec's options beyond the paper (group_search, deployed_hessian,
+        asym_alpha, smooth, token_clip, refine_steps); None or absent keeps the method's own
+        (`METHOD_OPTIONS`; off for the paper's methods).
         """
         _check(isinstance(method, str) and method in METHODS, f"method {method!r}: use one of {', '.join(METHODS)}")
         if symmetric is None:
             symmetric = target == "vllm-w4afp8"
+        unknown = set(options) - set(SOLVER_OPTIONS)
+        _check(not unknown, f"unknown solver options {sorted(unknown)}: use {', '.join(SOLVER_OPTIONS)}")
+        chosen = {**METHOD_OPTIONS.get(method, {}), **{k: v for k, v in options.items() if v is not None}}
         w4a16 = method.endswith("w4a16")
         algorithm = "rtn" if method.startswith("rtn") else "gptq"
+        gar = method in GAR_METHODS
         solver = SolverSpec(
             algorithm=algorithm,
-            fp8_aware=method in ("dpq", "dpq-gar"),
+            fp8_aware=method in FP8_AWARE_METHODS,
             group_params=group_params,
-            gar=method == "dpq-gar",
-            act_order=_as_bool(act_order, "act_order") and method != "dpq-gar",
+            gar=gar,
+            act_order=_as_bool(act_order, "act_order") and not gar,
             damp=damp,
+            **chosen,
         )
         return cls(
             method=method,

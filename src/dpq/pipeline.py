@@ -264,7 +264,7 @@ def _calibration(tokenizer, config: QuantConfig, calib):
     from dpq.io.data import calibration_batches  # noqa: PLC0415
 
     c = config.calib
-    return calibration_batches(tokenizer, c.source, c.samples, c.seq_len, c.seed)
+    return calibration_batches(tokenizer, c.source, c.samples, c.seq_len, c.seed, c.holdout)
 
 
 def _local_paths(origin) -> tuple[str, ...]:

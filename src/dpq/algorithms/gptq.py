@@ -21,6 +21,7 @@ from dpq.algorithms.common import (
     weight_domain_scale,
 )
 from dpq.algorithms.gar import gar_permutation, invert_permutation
+from dpq.algorithms.group_search import search_group_params
 from dpq.algorithms.hessian import SOLVER_DTYPE, inverse_cholesky, prepare_hessian
 from dpq.config import QuantConfig
 from dpq.numerics import vllm_w4afp8
@@ -118,7 +119,11 @@ def gptq_solve(w: torch.Tensor, h: torch.Tensor, config: QuantConfig, name: str 
             if not static and (col == 0 or gid[col - 1] != grp):
                 end = run_end[col]  # groups are contiguous in the visit order (GAR keeps them)
                 cur = w1[:, i : end - i1] if end <= i2 else w[:, col:end]  # the latter only at i == 0
-                s_new, z_new = group_params(param_source(cur, config, False), sym, sdtype)
+                if spec.group_search:  # shrunk ranges / shifted zeros, scored on the FP8 inference weight
+                    s_new, z_new = search_group_params(cur, param_source(cur, config, False), u[col:end, col:end],
+                                                       f, sym, sdtype)
+                else:
+                    s_new, z_new = group_params(param_source(cur, config, False), sym, sdtype)
                 scale[:, grp], zero[:, grp] = s_new, z_new
             s, z = scale[:, grp], zero[:, grp]
             # 6. Round to INT4, and the value the solver compares against.
@@ -157,6 +162,7 @@ def gptq_solve(w: torch.Tensor, h: torch.Tensor, config: QuantConfig, name: str 
             "order": "gar" if spec.gar else "act_order" if spec.act_order else "sequential",
             "dead_inputs": int(dead.sum()),
             "target": config.target,
+            "group_search": spec.group_search,
         },
     )
 

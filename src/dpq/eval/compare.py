@@ -134,7 +134,8 @@ def compare(
     if configs and calib is None:
         from dpq.io.data import calibration_batches, fingerprint  # noqa: PLC0415
 
-        calib = calibration_batches(tok, calib_spec.source, calib_spec.samples, calib_spec.seq_len, calib_spec.seed)
+        calib = calibration_batches(tok, calib_spec.source, calib_spec.samples, calib_spec.seq_len, calib_spec.seed,
+                                    calib_spec.holdout)
         calib_info = {**dataclasses.asdict(calib_spec), "fingerprint": fingerprint(calib)}
     elif configs and calib is not None and torch.is_tensor(calib):
         from dpq.io.data import fingerprint  # noqa: PLC0415

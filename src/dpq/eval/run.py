@@ -21,7 +21,9 @@ from dpq.eval.perplexity import check_seq_len, wikitext2_perplexity
 from dpq.eval.tasks import resolve_tasks, run_tasks
 
 AVERAGE_RULE = "mean of acc over the tasks other than mmlu"
-PPL_DATASETS = ("wikitext2",)
+PPL_DATASETS = ("wikitext2", "wikitext2-heldout")
+"""wikitext2: the test split (GPTQ protocol); wikitext2-heldout: the last 20% of the validation tokens, which
+calibration with `CalibSpec(holdout=True)` never sees (for choosing settings)."""
 
 
 def model_method(model) -> str:
@@ -80,7 +82,13 @@ def evaluate(
     }
     if ppl is not None:
         t0 = time.perf_counter()
-        p = wikitext2_perplexity(model, tokenizer, seq_len=seq_len, max_windows=max_windows, progress=progress)
+        if ppl == "wikitext2":
+            p = wikitext2_perplexity(model, tokenizer, seq_len=seq_len, max_windows=max_windows, progress=progress)
+        else:
+            from dpq.eval.perplexity import perplexity_of_ids  # noqa: PLC0415
+            from dpq.io.data import heldout_ids  # noqa: PLC0415
+
+            p = perplexity_of_ids(model, heldout_ids(tokenizer), seq_len, max_windows=max_windows, progress=progress)
         timings["ppl_s"] = round(time.perf_counter() - t0, 1)
         result["wikitext2_ppl"] = p.ppl
         result["windows"] = f"{p.windows_used}/{p.windows_total}"

@@ -119,14 +119,33 @@ def read_calibration_text(source: str) -> str:
     return text
 
 
-def calibration_batches(tokenizer, source: str, samples: int, seq_len: int, seed: int = 0) -> torch.Tensor:
+HOLDOUT_FRACTION = 0.2
+"""Share of the calibration text's tokens, at its end, that `holdout=True` leaves for setting selection."""
+
+
+def _text_ids(tokenizer, source: str) -> torch.Tensor:
+    text = read_calibration_text(source)
+    return tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids[0]
+
+
+def heldout_ids(tokenizer, source: str = "wikitext2") -> torch.Tensor:
+    """The last HOLDOUT_FRACTION of the calibration text's tokens [N]: what `holdout=True` calibration never
+    sees, for choosing settings (perplexity `wikitext2-heldout`) without the test split."""
+    ids = _text_ids(tokenizer, source)
+    return ids[int(ids.numel() * (1 - HOLDOUT_FRACTION)) :]
+
+
+def calibration_batches(tokenizer, source: str, samples: int, seq_len: int, seed: int = 0,
+                        holdout: bool = False) -> torch.Tensor:
     """Random windows of `seq_len` tokens from the calibration text: [samples, seq_len] int64.
 
     The text is tokenized once; window starts are drawn with `seed`. Too little
     text for one window raises an error naming how many tokens there are.
+    holdout: draw only from the first 1 - HOLDOUT_FRACTION of the tokens (see `heldout_ids`).
     """
-    text = read_calibration_text(source)
-    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids[0]
+    ids = _text_ids(tokenizer, source)
+    if holdout:
+        ids = ids[: int(ids.numel() * (1 - HOLDOUT_FRACTION))]
     if ids.numel() <= seq_len:
         raise DataError(
             f"calibration text has {ids.numel()} tokens, fewer than one window of {seq_len}: "

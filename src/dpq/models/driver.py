@@ -32,13 +32,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dpq.algorithms import ERROR_ROWS, relative_output_error, relative_weight_error, solve
-from dpq.algorithms.hessian import HessianAccumulator
+from dpq.algorithms.gptaq import asymmetric_target
 from dpq.config import QuantConfig
 from dpq.kernels import ops
 from dpq.models.activations import ActivationStore
 from dpq.models.capture import Stop, capture_inputs, decoder_base, run_layer
+from dpq.models.extras import LayerExtras
 from dpq.models.observers import ActObserver
 from dpq.models.phases import PhaseClock
+from dpq.models.set_inputs import SetInputs
 from dpq.models.specs import ArchSpec, get_submodule, is_ignored, set_submodule, spec_for
 from dpq.models.summary import CONCENTRATED_SHARE, LinearReport, QuantSummary, concentrated
 from dpq.nn.linear import W4A8Linear
@@ -71,30 +73,20 @@ class _ReplayedAttention(nn.Module):
         return self.out_proj(self.inputs[self.batch].to(self.device)), None
 
 
-def _hessian_tokens(x: torch.Tensor, skip_first: int) -> torch.Tensor:
-    """The tokens of a Linear's input x [B, T, K] that enter its Hessian: x[:, skip_first:] [B, T - skip_first, K]."""
-    if skip_first == 0:
-        return x
-    if x.dim() != 3:
-        raise ValueError(f"skip_first={skip_first} needs Linear inputs of shape [batch, tokens, features], "
-                         f"got {tuple(x.shape)}: set skip_first=0 for this model")
-    return x[:, skip_first:]
-
-
 def _quantize_group(layer, names, hidden, kwargs, index, prefix, config, device, summary, clock, replay=None,
-                    record=None):
+                    record=None, ref_inputs=None):
     """Collect the Hessian and input range of one set of Linears, solve, swap in W4A8 modules.
 
     The spec declares that the Linears of a set see the same input, so one Hessian and one
     activation observer (fed by the first Linear's hook) serve the whole set.
     replay: the layer's `_ReplayedAttention`, if installed; record: a list that receives the
-    set's input per batch (on the CPU), if given.
+    set's input per batch (on the CPU), if given; ref_inputs: the set's input per batch in the
+    float model (`dpq.models.float_path`), for the asymmetric correction.
     """
     mods = {n: get_submodule(layer, n) for n in names}
     first = names[0]
     k = mods[first].in_features
-    hess = HessianAccumulator(k, name=f"{prefix}.{'/'.join(names)}", device=device,
-                              lazy=config.solver.algorithm == "rtn")
+    hess = SetInputs(k, f"{prefix}.{'/'.join(names)}", device, config, ref_inputs)
     obs = ActObserver(config.act, config.calib.seed)
     seen: set[str] = set()
     static_act = config.activations_fp8 and config.target == "paper"  # vllm-w4afp8: per-token at run time
@@ -104,7 +96,7 @@ def _quantize_group(layer, names, hidden, kwargs, index, prefix, config, device,
             if name == first:
                 x = inputs[0].detach()
                 with clock("hessian"):
-                    hess.add(_hessian_tokens(x, config.calib.skip_first))
+                    hess.add(x)
                     if static_act:
                         obs.observe(x)
                 if record is not None:
@@ -123,15 +115,16 @@ def _quantize_group(layer, names, hidden, kwargs, index, prefix, config, device,
     finally:
         for h in handles:
             h.remove()
-    x = hess.inputs  # [n, K] when n < K: the output error is then cheaper from the tokens than from H
-    h = hess.take() if x is None or config.solver.algorithm != "rtn" else None
-    share = hess.top_token_share()
     s_x = obs.scale(config.fp8.fp8_max) if static_act else None
+    with clock("hessian"):
+        x, h, cross, share = hess.finish(s_x, need_h=config.solver.algorithm != "rtn")
     for n, m in mods.items():
         full = f"{prefix}.{n}"
         w = m.weight.detach().to(device=device, dtype=torch.float32)
         with clock("solve"):
-            qw = solve(w, h, config, name=full)
+            target = w if cross is None else asymmetric_target(w, h, cross, config.solver.asym_alpha,
+                                                               config.solver.damp)
+            qw = solve(target, h, config, name=full)
             bias = None if m.bias is None else m.bias.detach()
             q = W4A8Linear.from_quantized(qw, bias, config.weight.scale_dtype, config.target)
             if s_x is not None:
@@ -143,29 +136,31 @@ def _quantize_group(layer, names, hidden, kwargs, index, prefix, config, device,
 
 
 def _quantize_layer(layer, spec: ArchSpec, hidden, kwargs, i, prefix, config, device, summary, clock, store,
-                    replay_attention: bool = True):
+                    replay_attention: bool = True, ref=None):
     """Quantize one decoder layer's Linears set by set; returns its outputs (the next layer's inputs).
 
     The reference path's float32 weight cache is off meanwhile: the quantized Linears that run in the
     later passes keep only their FP8 weights (1 byte per weight instead of 5), same outputs.
+    ref: the layer's `FloatLayerRecord` (float model run alongside), or None.
     """
     with ops.float_cache("off"):
         return _quantize_layer_sets(layer, spec, hidden, kwargs, i, prefix, config, device, summary, clock, store,
-                                    replay_attention)
+                                    replay_attention, ref)
 
 
 def _quantize_layer_sets(layer, spec, hidden, kwargs, i, prefix, config, device, summary, clock, store,
-                         replay_attention):
+                         replay_attention, ref):
     replay, attention = None, None
     try:
-        for names in spec.sequence:
+        for j, names in enumerate(spec.sequence):
             todo = [n for n in names if not is_ignored(f"{prefix}.{n}", config.ignore)]
             summary.skipped += [f"{prefix}.{n}" for n in names if n not in todo]
             if not todo:
                 continue
             wanted = replay_attention and replay is None and spec.attention and todo == [spec.attention_output]
             record = store.new_list() if wanted else None
-            _quantize_group(layer, todo, hidden, kwargs, i, prefix, config, device, summary, clock, replay, record)
+            _quantize_group(layer, todo, hidden, kwargs, i, prefix, config, device, summary, clock, replay, record,
+                            None if ref is None else ref.inputs[j])
             if record is not None and len(record) == len(hidden):
                 attention = get_submodule(layer, spec.attention)
                 replay = _ReplayedAttention(get_submodule(layer, spec.attention_output), record, device)
@@ -222,15 +217,19 @@ def quantize_model(
     if config.solver.algorithm == "rtn" and not (config.activations_fp8 and config.target == "paper"):
         _quantize_data_free(layers, spec, config, device, summary, progress, clock, source, sink, start)
         return _finish(summary, t0, device, clock)
-    hidden, kwargs = _capture(model, spec, calib, batch_size, device, clock, source, sink is not None, store)
+    extras = LayerExtras(model, spec, config, device)
+    hidden, kwargs = _capture(model, spec, calib, batch_size, device, clock, source, sink is not None, store, extras)
+    extras.start(hidden, kwargs, start)
     if resume is not None and start > 0:
         store.release(hidden)
         hidden = resume.hidden
     for i in _progress(range(start, len(layers)), config, progress, start, len(layers)):
         prefix = f"{spec.layers}.{i}"
         layer = _load_layer(layers, i, prefix, device, clock, source)
+        ref = extras.before(layer, i, prefix, summary)
         outputs = _quantize_layer(layer, spec, hidden, kwargs, i, prefix, config, device, summary, clock, store,
-                                  replay_attention)
+                                  replay_attention, ref)
+        outputs = extras.after(layer, i, prefix, summary, hidden, outputs, ref, store.new_list)
         store.release(hidden)
         hidden = outputs
         layers[i] = layer.to("cpu")
@@ -238,7 +237,7 @@ def quantize_model(
     return _finish(summary, t0, device, clock)
 
 
-def _capture(model, spec, calib, batch_size, device, clock, source, release: bool, store):
+def _capture(model, spec, calib, batch_size, device, clock, source, release: bool, store, extras):
     """capture_inputs, with the decoder's non-layer modules (embeddings, norms, rotary tables) materialized
     first and, when layers are streamed to a sink, released afterwards."""
     base = decoder_base(model, spec)
@@ -250,6 +249,7 @@ def _capture(model, spec, calib, batch_size, device, clock, source, release: boo
                 source.materialize(p)
     with clock("forward"):
         hidden, kwargs = capture_inputs(model, spec, calib, batch_size, device, store.new_list)
+        extras.capture(calib)  # refinement's own short stream, while the embeddings are in memory
     if source is not None and release:
         for p in around:
             source.release(p)

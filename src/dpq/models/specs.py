@@ -15,6 +15,10 @@ ATTN_OUT = ("self_attn.o_proj",)
 MLP_GATE_UP = ("mlp.gate_proj", "mlp.up_proj")
 MLP_DOWN = ("mlp.down_proj",)
 LLAMA_SEQUENCE = (ATTN_QKV, ATTN_OUT, MLP_GATE_UP, MLP_DOWN)
+LLAMA_SMOOTH = (("self_attn.q_proj", "input_layernorm"), ("self_attn.o_proj", "self_attn.v_proj"),
+                ("mlp.gate_proj", "post_attention_layernorm"), ("mlp.down_proj", "mlp.up_proj"))
+GEMMA3_SMOOTH = (("self_attn.q_proj", "input_layernorm"), ("self_attn.o_proj", "self_attn.v_proj"),
+                 ("mlp.gate_proj", "pre_feedforward_layernorm"), ("mlp.down_proj", "mlp.up_proj"))
 
 
 class UnsupportedArchitecture(ValueError):
@@ -35,6 +39,11 @@ class ArchSpec:
     the Linears before `attention_output` are quantized, its input no longer
     changes, so the driver computes it once and replays it for the later
     passes over the layer. None turns that shortcut off.
+    smooth_sources: (first Linear of a set, the module whose output is that set's input): an
+    RMSNorm, or a Linear whose output rows feed the set channel for channel (`up_proj` for
+    `down_proj`; `v_proj` for `o_proj`, one value channel shared by the query heads of its KV
+    head). Per-channel input scales are folded there exactly (`dpq.models.smoothing`).
+    norm_offset: the RMSNorms multiply by (norm_offset + weight): 1 for Gemma, 0 for Llama.
     """
 
     name: str
@@ -43,6 +52,8 @@ class ArchSpec:
     sequence: tuple[tuple[str, ...], ...] = LLAMA_SEQUENCE
     attention: str | None = "self_attn"
     attention_output: str | None = "self_attn.o_proj"
+    smooth_sources: tuple[tuple[str, str], ...] = LLAMA_SMOOTH
+    norm_offset: float = 0.0
 
     @property
     def linears(self) -> tuple[str, ...]:
@@ -53,8 +64,9 @@ LLAMA = ArchSpec("Llama", ("llama",))
 MISTRAL = ArchSpec("Mistral", ("mistral",))
 QWEN2 = ArchSpec("Qwen2", ("qwen2",))
 QWEN3 = ArchSpec("Qwen3", ("qwen3",))
-GEMMA3_TEXT = ArchSpec("Gemma 3 (text)", ("gemma3_text",))
-GEMMA3 = ArchSpec("Gemma 3 (multimodal, text decoder only)", ("gemma3",), layers="model.language_model.layers")
+GEMMA3_TEXT = ArchSpec("Gemma 3 (text)", ("gemma3_text",), smooth_sources=GEMMA3_SMOOTH, norm_offset=1.0)
+GEMMA3 = ArchSpec("Gemma 3 (multimodal, text decoder only)", ("gemma3",), layers="model.language_model.layers",
+                  smooth_sources=GEMMA3_SMOOTH, norm_offset=1.0)
 
 SPECS: tuple[ArchSpec, ...] = (LLAMA, MISTRAL, QWEN2, QWEN3, GEMMA3_TEXT, GEMMA3)
 

@@ -42,6 +42,8 @@ class QuantSummary:
     peak_device_mb: float | None = None
     calib_tokens: int = 0
     data_free: bool = False  # no calibration pass (RTN weights, no static activation scales)
+    smoothing: dict = field(default_factory=dict)  # {first Linear of a set: chosen scales}, with smooth on
+    refine: dict = field(default_factory=dict)  # {decoder layer: {"loss_before", "loss_after", "seconds"}}
     phases: dict[str, float] = field(default_factory=dict)  # seconds by phase (PHASES), this process only
     resumed_at: int | None = None  # the first layer this process quantized, when it resumed an earlier run
     layers: int = 0

@@ -1,0 +1,53 @@
+"""The float model run alongside the quantized one, one decoder layer at a time.
+
+Options that compare against the float model (the asymmetric correction, smoothing, block
+refinement) need, per decoder layer, the float layer's outputs on the float hidden states (the
+next float hidden states, and refinement's target) and the inputs every set of Linears sees in
+the float model. `run_float_layer` gets both in one pass of the still-float layer, before the
+driver quantizes it; the driver carries the float hidden states from layer to layer next to the
+quantized ones (one more [samples, T, hidden] copy on the CPU).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from dpq.models.specs import ArchSpec, get_submodule
+
+
+@dataclass
+class FloatLayerRecord:
+    """outputs[b]: [b, T, H] float layer output of batch b (CPU); inputs[j][b]: [b, T, K_j] input of
+    the j-th set of spec.sequence in the float model (CPU)."""
+
+    outputs: list[torch.Tensor]
+    inputs: list[list[torch.Tensor]]
+
+    def scale_inputs(self, j: int, s: torch.Tensor) -> None:
+        """Divide set j's recorded inputs by per-channel scales s [K_j] (after smoothing folded them)."""
+        self.inputs[j] = [x / s.to(x.dtype) for x in self.inputs[j]]
+
+
+def run_float_layer(layer, spec: ArchSpec, hidden: list[torch.Tensor], kwargs, index: int, device) -> FloatLayerRecord:
+    """Run the (still float) decoder layer over the float hidden states, recording every set's input."""
+    from dpq.models.capture import to_device as _to  # noqa: PLC0415
+
+    inputs: list[list[torch.Tensor]] = [[] for _ in spec.sequence]
+    handles = []
+    for j, names in enumerate(spec.sequence):
+        def hook(_mod, args, _out, j=j):
+            inputs[j].append(args[0].detach().cpu())
+        handles.append(get_submodule(layer, names[0]).register_forward_hook(hook))
+    outs = []
+    try:
+        with torch.no_grad():
+            for b, x in enumerate(hidden):
+                y = layer(x.to(device), **_to(kwargs[b][index], device))
+                y = y[0] if isinstance(y, tuple) else y
+                outs.append(y.detach().cpu())
+    finally:
+        for h in handles:
+            h.remove()
+    return FloatLayerRecord(outs, inputs)
