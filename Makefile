@@ -29,7 +29,7 @@ test-fast: setup
 # Quantize the bundled SmolLM2-135M with dpq-gar (16 x 512 calibration tokens), show the checkpoint,
 # generate, and compare WikiText-2 perplexity (first 8 windows of 2048 tokens) with the float model.
 demo: setup
-	$(DPQ) quantize --calib-samples 16 --seq-len 512 --out out/demo-dpq-gar --overwrite
+	$(DPQ) quantize --calib-samples 16 --calib-seq-len 512 --out out/demo-dpq-gar --overwrite
 	$(DPQ) info out/demo-dpq-gar
 	$(DPQ) generate out/demo-dpq-gar --prompt "The capital of France is" --max-new-tokens 16
 	$(DPQ) eval out/demo-dpq-gar --vs-float --max-windows 8 --json out/demo-eval.json

@@ -12,7 +12,7 @@ from dpq.cli import _print_concentration_notes, main
 @pytest.fixture(scope="module")
 def cli_ckpt(tiny_llama_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "q"
-    rc = main(["quantize", str(tiny_llama_dir), "--out", str(out), "--calib-samples", "4", "--seq-len", "64",
+    rc = main(["quantize", str(tiny_llama_dir), "--out", str(out), "--calib-samples", "4", "--calib-seq-len", "64",
                "--group-size", "64", "--method", "dpq-gar"])
     assert rc == 0
     return out
@@ -50,8 +50,8 @@ def test_existing_out_is_refused(cli_ckpt, tiny_llama_dir, capsys):
         (["--fp8-max", "1000"], "fp8_max=1000"),
         (["--group-size", "0"], "group_size=0"),
         (["--calib-samples", "0"], "--calib-samples: 0: must be a positive integer"),
-        (["--calib", "/does/not/exist.txt", "--seq-len", "64"], "calibration source"),
-        (["--seq-len", "64", "--calib-skip-first", "64"], "skip_first=64"),
+        (["--calib", "/does/not/exist.txt", "--calib-seq-len", "64"], "calibration source"),
+        (["--calib-seq-len", "64", "--calib-skip-first", "64"], "skip_first=64"),
     ],
 )
 def test_bad_settings(tiny_llama_dir, tmp_path, capsys, args, message):
@@ -125,7 +125,7 @@ def test_quantize_in_bfloat16_keeps_unquantized_tensors_in_bfloat16(tiny_llama_d
     import dpq
 
     out = tmp_path / "bf16"
-    assert main(["quantize", str(tiny_llama_dir), "--out", str(out), "--calib-samples", "2", "--seq-len", "32",
+    assert main(["quantize", str(tiny_llama_dir), "--out", str(out), "--calib-samples", "2", "--calib-seq-len", "32",
                  "--group-size", "32", "--dtype", "bfloat16"]) == 0
     with safe_open(str(out / "model.safetensors"), framework="pt") as f:
         assert f.get_tensor("model.embed_tokens.weight").dtype == torch.bfloat16
@@ -139,7 +139,7 @@ def test_quantize_in_bfloat16_keeps_unquantized_tensors_in_bfloat16(tiny_llama_d
 
 def test_quantize_skip_first_is_stored_and_shown(tiny_llama_dir, tmp_path, capsys):
     out = tmp_path / "q"
-    assert main(["quantize", str(tiny_llama_dir), "--out", str(out), "--calib-samples", "2", "--seq-len", "32",
+    assert main(["quantize", str(tiny_llama_dir), "--out", str(out), "--calib-samples", "2", "--calib-seq-len", "32",
                  "--group-size", "64", "--method", "naive-w4a8", "--calib-skip-first", "1"]) == 0
     capsys.readouterr()
     assert main(["info", str(out), "--json"]) == 0
@@ -160,7 +160,7 @@ def test_compare_prints_a_note_per_flagged_method(capsys):
 
 def test_quantize_solver_options_are_stored_and_loadable(tiny_llama_dir, tmp_path, capsys):
     out = tmp_path / "plus"
-    rc = main(["quantize", str(tiny_llama_dir), "--out", str(out), "--calib-samples", "4", "--seq-len", "64",
+    rc = main(["quantize", str(tiny_llama_dir), "--out", str(out), "--calib-samples", "4", "--calib-seq-len", "64",
                "--group-size", "64", "--method", "dpq-gar-plus", "--asym-alpha", "0.25", "--smooth", "on",
                "--calib-holdout"])
     assert rc == 0

@@ -36,7 +36,7 @@ def no_calibration(monkeypatch):
     monkeypatch.setattr(dpq.pipeline, "quantize_model", calibrate)
 
 
-QUICK = ["--calib-samples", "2", "--seq-len", "32", "--group-size", "32"]
+QUICK = ["--calib-samples", "2", "--calib-seq-len", "32", "--group-size", "32"]
 
 
 # --- case 10: F must be an E4M3 value, one rule everywhere --------------------------------------
@@ -81,8 +81,8 @@ def test_ignore_everything_is_refused_before_calibration(tiny_llama_dir, tmp_pat
 # --- case 13: calibration longer than the model's context ---------------------------------------
 
 def test_quantize_seq_len_beyond_context(tiny_llama_dir, tmp_path, capsys, no_calibration):
-    _refused(["quantize", tiny_llama_dir, "--out", tmp_path / "q", "--calib-samples", "2", "--seq-len", "1024"],
-             capsys, "seq_len=1024 is longer than the model's context (512 tokens", "--seq-len 512")
+    _refused(["quantize", tiny_llama_dir, "--out", tmp_path / "q", "--calib-samples", "2", "--calib-seq-len", "1024"],
+             capsys, "seq_len=1024 is longer than the model's context (512 tokens", "--calib-seq-len 512")
 
 
 # --- case 16 ---------------------------------------------------------------------------------------
@@ -110,7 +110,7 @@ def test_compare_outputs_under_a_file_are_refused(tiny_llama_dir, tmp_path, caps
 @pytest.mark.parametrize("argv, message", [
     (["quantize", "M", "--out", "O", "--batch-size", "0"], "argument --batch-size: 0: must be a positive integer"),
     (["quantize", "M", "--out", "O", "--calib-samples", "0"], "argument --calib-samples: 0: must be a positive"),
-    (["quantize", "M", "--out", "O", "--seq-len", "-5"], "argument --seq-len: -5: must be a positive integer"),
+    (["quantize", "M", "--out", "O", "--calib-seq-len", "-5"], "argument --calib-seq-len/--seq-len: -5: must be a positive integer"),
     (["quantize", "M", "--out", "O", "--calib-skip-first", "-1"], "argument --calib-skip-first: -1: must be an integer >= 0"),
     (["generate", "M", "--prompt", "x", "--max-new-tokens", "0"], "argument --max-new-tokens: 0: must be a positive"),
     (["eval", "M", "--batch-size", "0"], "argument --batch-size: 0: must be a positive integer"),
@@ -158,3 +158,36 @@ def test_quantizing_a_checkpoint_again_is_refused(tiny_llama_dir, tmp_path, caps
 def test_missing_local_path_says_so(tmp_path, capsys, path):
     err = _refused(["quantize", path, "--out", tmp_path / "q"], capsys, f"{path}: path does not exist")
     assert "Repo id" not in err and "repo_type" not in err
+
+
+def test_quantize_seq_len_is_a_deprecated_alias(capsys):
+    """`--seq-len` still sets the calibration length of `dpq quantize`, with a warning naming --calib-seq-len."""
+    from dpq.cli import build_parser
+
+    a = build_parser().parse_args(["quantize", "M", "--out", "O", "--seq-len", "64"])
+    assert a.seq_len == 64
+    assert "--seq-len is deprecated here: use --calib-seq-len" in capsys.readouterr().err
+    a = build_parser().parse_args(["quantize", "M", "--out", "O", "--calib-seq-len", "32"])
+    assert a.seq_len == 32 and capsys.readouterr().err == ""
+
+
+def test_compare_takes_target_ignore_and_dtype(monkeypatch, tmp_path):
+    """`dpq compare` passes --target, --ignore and --dtype on (as `dpq quantize` takes them)."""
+    import dpq.eval.compare as cmp
+    from dpq.cli import main
+
+    seen = {}
+
+    def fake_compare(model, methods, quant_kwargs, eval_kwargs, **kw):
+        seen.update(quant_kwargs=quant_kwargs, **kw)
+        return {"model": "m", "methods": methods, "results": {}, "calibration": None, "quant_kwargs": {}}
+
+    monkeypatch.setattr(cmp, "compare", fake_compare)
+    monkeypatch.setattr("dpq.eval.report.to_markdown", lambda results: "")
+    assert main(["compare", "M", "--methods", "dpq-gar", "--target", "vllm-w4afp8", "--ignore", "down_proj",
+                 "--dtype", "bfloat16", "--ppl", "none"]) == 0
+    q = seen["quant_kwargs"]
+    assert q["target"] == "vllm-w4afp8" and q["ignore"] == ("down_proj",) and seen["dtype"] == "bfloat16"
+    from dpq.config import QuantConfig
+
+    assert QuantConfig.for_method("dpq-gar", **q).weight.symmetric  # the vLLM target implies symmetric

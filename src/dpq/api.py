@@ -21,7 +21,6 @@ from pathlib import Path
 import torch
 
 from dpq.config import QuantConfig
-from dpq.io.checkpoint import read_quant_block, weight_files
 from dpq.io.load import load as _load
 from dpq.models.checks import check_model
 from dpq.models.driver import concentrated, quantize_model

@@ -7,63 +7,24 @@ import json
 import os
 import sys
 
+from dpq.cli_args import (  # noqa: F401 - argument types and option groups
+    _check_output_file,
+    _count,
+    _DeprecatedAlias,
+    _eval_kwargs,
+    _eval_options,
+    NON_NEGATIVE,
+    ON_OFF,
+    _Parser,
+    POSITIVE,
+    _positive_number,
+    _solver_option_args,
+    _solver_options,
+    _write_json,
+)
 from dpq.config import METHODS, ActSpec, CalibSpec, ConfigError, QuantConfig
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors: `dpq quantize: error: argument --batch-size: 0: ... (see dpq quantize --help)`."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _count(minimum: int):
-    """argparse type: an integer >= minimum (1: a positive count, 0: a non-negative one)."""
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if v < minimum:
-            kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-            raise argparse.ArgumentTypeError(f"{v}: must be {kind}")
-        return v
-
-    return parse
-
-
-def _positive_number(text: str) -> float:
-    """argparse type: a finite number > 0."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < v < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text}: must be a positive number")
-    return v
-
-
-POSITIVE, NON_NEGATIVE = _count(1), _count(0)
-
-
-def _check_output_file(flag: str, path: str | None) -> None:
-    """Refuse, before any work, an output file that cannot be created: a directory, or under a file."""
-    if not path:
-        return
-    from pathlib import Path  # noqa: PLC0415
-
-    p = Path(path)
-    if p.is_dir():
-        raise ValueError(f"{flag} {path} is a directory: give a file name")
-    for parent in p.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ValueError(f"{flag} {path}: {parent} is a file, not a directory: choose another path")
-            if not os.access(parent, os.W_OK):
-                raise ValueError(f"{flag} {path}: {parent} is not writable: choose another path")
-            return
 
 
 def _add_quantize(sub) -> None:
@@ -75,7 +36,8 @@ def _add_quantize(sub) -> None:
     p.add_argument("--method", default="dpq-gar", choices=METHODS)
     p.add_argument("--calib", default="wikitext2", help="wikitext2, a .txt file or a .jsonl file of {\"text\": ...}")
     p.add_argument("--calib-samples", type=POSITIVE, default=128)
-    p.add_argument("--seq-len", type=POSITIVE, default=2048)
+    p.add_argument("--calib-seq-len", "--seq-len", dest="seq_len", type=POSITIVE, default=2048,
+                   action=_DeprecatedAlias, help="tokens per calibration sample (--seq-len: deprecated spelling)")
     p.add_argument("--calib-skip-first", type=NON_NEGATIVE, default=0, metavar="N",
                    help="leave the first N tokens of every calibration sequence out of the Hessians "
                         "(1 drops position 0, where attention sinks put massive activations)")
@@ -110,34 +72,6 @@ def _add_quantize(sub) -> None:
     _solver_option_args(p)
     p.add_argument("--overwrite", action="store_true", help="replace --out if it is a dpq checkpoint (or empty)")
     p.set_defaults(func=cmd_quantize)
-
-
-ON_OFF = {"on": True, "off": False}
-
-
-def _solver_option_args(p) -> None:
-    """Options beyond the paper; unset keeps the method's own (off for dpq, dpq-gar and the baselines)."""
-    g = p.add_argument_group("solver options beyond the paper (default: the method's own)")
-    g.add_argument("--group-search", choices=sorted(ON_OFF), default=None,
-                   help="search each group's min/max shrink and zero point on the FP8 inference weight")
-    g.add_argument("--deployed-hessian", choices=sorted(ON_OFF), default=None,
-                   help="Hessian of the FP8-quantized inputs s_x * fp8(x / s_x) the deployed Linear sees")
-    g.add_argument("--asym-alpha", type=float, default=None, metavar="A",
-                   help="weight of GPTAQ's asymmetric correction toward the float model's outputs (0 = off)")
-    g.add_argument("--smooth", choices=sorted(ON_OFF), default=None,
-                   help="per-channel input scales folded into the preceding norm / Linear, chosen by search")
-    g.add_argument("--token-clip", type=float, default=None, metavar="C",
-                   help="cap each calibration token's weight in H at C x the median token energy (0 = off)")
-    g.add_argument("--refine", type=int, default=None, metavar="STEPS", dest="refine_steps",
-                   help="signed-gradient block refinement steps per decoder layer (0 = off)")
-
-
-def _solver_options(a) -> dict:
-    """The keyword arguments of QuantConfig.for_method for the options given on the command line."""
-    on_off = lambda v: None if v is None else ON_OFF[v]  # noqa: E731
-    return {"group_search": on_off(a.group_search), "deployed_hessian": on_off(a.deployed_hessian),
-            "asym_alpha": a.asym_alpha, "smooth": on_off(a.smooth), "token_clip": a.token_clip,
-            "refine_steps": a.refine_steps}
 
 
 def cmd_quantize(a) -> int:
@@ -221,50 +155,6 @@ def cmd_info(a) -> int:
     return 0
 
 
-def _eval_options(p, default_max_windows=None) -> None:
-    p.add_argument("--ppl", default="wikitext2", choices=["wikitext2", "wikitext2-heldout", "none"],
-                   help="perplexity data set: WikiText-2 test, the held-out last 20%% of the validation tokens "
-                        "(for choosing settings; see --calib-holdout), or none")
-    p.add_argument("--seq-len", type=_count(2), default=2048, help="perplexity window in tokens")
-    p.add_argument("--max-windows", type=POSITIVE, default=default_max_windows, help="use only the first N windows")
-    p.add_argument("--tasks", default="", help="comma-separated: dpq's local tasks piqa,arc_easy,arc_challenge,boolq,"
-                   "openbookqa,winogrande,lambada,hellaswag,mmlu (offline; all = these nine) and/or any "
-                   "lm-eval task name (loaded as lm-eval loads it)")
-    p.add_argument("--limit", type=_positive_number, default=None,
-                   help="examples per task (lm-eval --limit; below 1: a fraction of each task)")
-    p.add_argument("--num-fewshot", type=NON_NEGATIVE, default=0)
-    p.add_argument("--batch-size", type=POSITIVE, default=1, help="lm-eval batch size")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--json", dest="json_out", default=None, metavar="FILE", help="write the results as JSON")
-
-
-def _eval_kwargs(a) -> dict:
-    limit = a.limit
-    if limit is not None and float(limit).is_integer():
-        limit = int(limit)
-    return {
-        "ppl": None if a.ppl == "none" else a.ppl,
-        "seq_len": a.seq_len,
-        "max_windows": a.max_windows,
-        "tasks": [t.strip() for t in a.tasks.split(",") if t.strip()],
-        "limit": limit,
-        "num_fewshot": a.num_fewshot,
-        "batch_size": a.batch_size,
-    }
-
-
-def _write_json(path: str | None, obj, quiet: bool = False) -> None:
-    if path:
-        from pathlib import Path  # noqa: PLC0415
-
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(str(path) + ".tmp")
-        tmp.write_text(json.dumps(obj, indent=2, default=str))
-        tmp.replace(path)
-        if not quiet:
-            print(f"wrote {path}")
-
-
 def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="WikiText-2 perplexity and zero-shot tasks of a float model or a checkpoint")
     p.add_argument("model", nargs="?", default=None, help="dpq checkpoint directory or float model (default smollm2-135m)")
@@ -315,6 +205,12 @@ def _add_compare(sub) -> None:
     p.add_argument("--group-params", default="updated", choices=["updated", "frozen"])
     p.add_argument("--calib-holdout", action="store_true",
                    help="calibrate on the first 80%% of the text's tokens only (see dpq quantize)")
+    p.add_argument("--target", default="paper", choices=["paper", "vllm-w4afp8"],
+                   help="numerics to calibrate for (see dpq quantize; vllm-w4afp8 implies --sym)")
+    p.add_argument("--ignore", nargs="*", default=[], metavar="PATTERN",
+                   help="Linears to keep in high precision in every method (names or globs, as in dpq quantize)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="dtype of the float model (auto: the source's own, float32 for GGUF)")
     _solver_option_args(p)
     seed = p.add_mutually_exclusive_group()
     seed.add_argument("--seed", type=int, default=0, help="calibration seed (which windows of text calibrate)")
@@ -337,16 +233,17 @@ def cmd_compare(a) -> int:
     for flag, path in (("--json", a.json_out), ("--markdown", a.markdown), ("--plot", a.plot)):
         _check_output_file(flag, path)
     quant_kwargs = dict(
-        group_size=a.group_size, symmetric=a.sym, fp8_max=a.fp8_max, act=ActSpec(method=a.act_scale),
+        group_size=a.group_size, symmetric=True if a.sym else None, fp8_max=a.fp8_max, act=ActSpec(method=a.act_scale),
         calib=CalibSpec(a.calib, a.calib_samples, a.calib_seq_len, a.seed, a.calib_skip_first, a.calib_holdout),
-        group_params=a.group_params, **{k: v for k, v in _solver_options(a).items() if v is not None},
+        group_params=a.group_params, target=a.target, ignore=tuple(a.ignore),
+        **{k: v for k, v in _solver_options(a).items() if v is not None},
     )
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     if a.seeds is not None:
         return _compare_seeds(a, methods, quant_kwargs)
 
     results = compare(a.model, methods, quant_kwargs, _eval_kwargs(a), device=a.device, save_dir=a.save_dir,
-                      on_result=_partial_writer(a))
+                      on_result=_partial_writer(a), dtype=a.dtype)
     results["complete"] = True
     table = to_markdown(results)
     print(table)
@@ -375,7 +272,7 @@ def _compare_seeds(a, methods: list[str], quant_kwargs: dict) -> int:
     from dpq.eval.seeds import compare_seeds, plot, to_markdown  # noqa: PLC0415
 
     summary = compare_seeds(a.model, methods, _parse_seeds(a.seeds), quant_kwargs, _eval_kwargs(a),
-                            device=a.device, save_dir=a.save_dir, on_result=_partial_writer(a))
+                            device=a.device, save_dir=a.save_dir, on_result=_partial_writer(a), dtype=a.dtype)
     table = to_markdown(summary)
     print(table)
     noted = set()

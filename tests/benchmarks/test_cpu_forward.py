@@ -18,7 +18,7 @@ spec.loader.exec_module(C)
 @pytest.fixture(scope="module")
 def tiny_ckpt(tiny_llama_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("cpu-forward") / "ckpt"
-    rc = dpq_main(["quantize", str(tiny_llama_dir), "--out", str(out), "--calib-samples", "2", "--seq-len", "32",
+    rc = dpq_main(["quantize", str(tiny_llama_dir), "--out", str(out), "--calib-samples", "2", "--calib-seq-len", "32",
                    "--method", "rtn-w4a8", "--group-size", "32"])
     assert rc == 0
     return out

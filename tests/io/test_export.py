@@ -111,6 +111,7 @@ def test_export_files_and_config(paper_dirs):
         assert torch.equal(f.get_tensor(f"{name}.weight_scale").float(), src[f"{name}.scales"].float() * s_w)
         assert float(f.get_tensor(f"{name}.input_scale")) == float(src[f"{name}.input_scale"])
     info = json.loads((out / "dpq_export.json").read_text())
+    assert "vllm_vs_dpq" not in json.dumps(info)  # nothing dpq did not measure
     assert 0 < info["weight_difference"]["transformers_vs_dpq"]["max"] < 0.05  # the FP8 weight rounding
 
 

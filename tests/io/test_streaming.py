@@ -128,7 +128,7 @@ _KILLER = textwrap.dedent("""
 
 def _cli_args(sharded_dir, out, *extra):
     return ["quantize", str(sharded_dir), "--out", str(out), "--method", "dpq-gar", "--group-size", "32",
-            "--calib-samples", "4", "--seq-len", "32", "--max-shard-size", SHARD, *extra]
+            "--calib-samples", "4", "--calib-seq-len", "32", "--max-shard-size", SHARD, *extra]
 
 
 def test_sigkill_after_two_layers_then_resume_gives_the_same_bytes(sharded_dir, streamed, tmp_path, capsys):

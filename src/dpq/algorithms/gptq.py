@@ -75,8 +75,7 @@ def gptq_solve(w: torch.Tensor, h: torch.Tensor, config: QuantConfig, name: str 
     g = check_group_size(k, config.weight.group_size, name)
     sym, sdtype = config.weight.symmetric, scale_dtype(config)
     vllm = config.target == "vllm-w4afp8"  # simulate vLLM's W4AFP8 numerics (QuantConfig enforces its rules)
-    # vLLM's per-channel scale depends on every group scale of a row: group parameters must be known up front.
-    static = spec.group_params == "frozen" or spec.act_order or vllm
+    static = spec.group_params == "frozen" or spec.act_order or vllm  # vLLM: a row's groups are known up front
     if spec.fp8_aware and f is None:
         raise ValueError(f"{name or 'layer'}: fp8_aware needs fp8_max; use fp8_aware=False for W4A16")
     w = as_solver_dtype(w).to(h.device)
@@ -119,21 +118,11 @@ def gptq_solve(w: torch.Tensor, h: torch.Tensor, config: QuantConfig, name: str 
             if not static and (col == 0 or gid[col - 1] != grp):
                 end = run_end[col]  # groups are contiguous in the visit order (GAR keeps them)
                 cur = w1[:, i : end - i1] if end <= i2 else w[:, col:end]  # the latter only at i == 0
-                if spec.group_search:  # shrunk ranges / shifted zeros, scored on the FP8 inference weight
-                    s_new, z_new = search_group_params(cur, param_source(cur, config, False), u[col:end, col:end],
-                                                       f, sym, sdtype)
-                else:
-                    s_new, z_new = group_params(param_source(cur, config, False), sym, sdtype)
-                scale[:, grp], zero[:, grp] = s_new, z_new
-            s, z = scale[:, grp], zero[:, grp]
+                scale[:, grp], zero[:, grp] = _group_params_at(cur, u[col:end, col:end], config)
             # 6. Round to INT4, and the value the solver compares against.
             x = w1[:, i]
-            q = torch.clamp(torch.round(x / s) + z, 0, MAXQ)
-            xq = (q - z) * s
-            if spec.fp8_aware and vllm:
-                xq = fp8_cast((q - z) * s8[:, grp]) * chan[:, 0]  # vLLM: fp8(q * s8) times the channel scale
-            elif spec.fp8_aware:
-                xq = fp8_cast(xq, f)  # the FP8 weight the hardware multiplies (saturates at F)
+            q, xq = _round_column(x, scale[:, grp], zero[:, grp], config,
+                                  (s8[:, grp], chan[:, 0]) if vllm else None)
             q_all[:, col] = q
             # 7. Error feedback to the rest of the block.
             d = u1[i, i]
@@ -146,25 +135,33 @@ def gptq_solve(w: torch.Tensor, h: torch.Tensor, config: QuantConfig, name: str 
 
     # 9. Codes back to the original column order; parameters are per original group already.
     codes = q_all[:, invert_permutation(perm)].to(torch.uint8)
-    return QuantizedWeight(
-        codes=codes.cpu(),
-        scale=scale.cpu(),
-        zero=zero.cpu(),
-        s_w=s_w,
-        group_size=g,
-        fp8_max=f,
-        loss=float(losses.sum()) * s_w**2,
-        solve_seconds=time.perf_counter() - t0,
-        info={
-            "algorithm": "gptq",
-            "fp8_aware": spec.fp8_aware,
-            "group_params": "static" if static else "updated",
+    info = {"algorithm": "gptq", "fp8_aware": spec.fp8_aware, "group_params": "static" if static else "updated",
             "order": "gar" if spec.gar else "act_order" if spec.act_order else "sequential",
-            "dead_inputs": int(dead.sum()),
-            "target": config.target,
-            "group_search": spec.group_search,
-        },
-    )
+            "dead_inputs": int(dead.sum()), "target": config.target, "group_search": spec.group_search}
+    return QuantizedWeight(codes=codes.cpu(), scale=scale.cpu(), zero=zero.cpu(), s_w=s_w, group_size=g, fp8_max=f,
+                           loss=float(losses.sum()) * s_w**2, solve_seconds=time.perf_counter() - t0, info=info)
+
+
+def _group_params_at(cur: torch.Tensor, u_gg: torch.Tensor, config: QuantConfig):
+    """Scale and zero [N] of a group from its error-updated columns cur [N, g] (step 5): min/max, or with
+    group_search the best shrunk range / shifted zero on the FP8 inference weight (u_gg: its [g, g] block of U)."""
+    sym, sdtype = config.weight.symmetric, scale_dtype(config)
+    if config.solver.group_search:
+        return search_group_params(cur, param_source(cur, config, False), u_gg, config.fp8.fp8_max, sym, sdtype)
+    return group_params(param_source(cur, config, False), sym, sdtype)
+
+
+def _round_column(x: torch.Tensor, s: torch.Tensor, z: torch.Tensor, config: QuantConfig, vllm_scales=None):
+    """Codes q [N] of column x [N] and the value xq [N] the solver compares against (step 6): (q - z) * s for
+    W4A16 and naive W4A8; with fp8_aware the FP8 weight the hardware multiplies (vLLM: fp8(q * s8) * chan)."""
+    q = torch.clamp(torch.round(x / s) + z, 0, MAXQ)
+    xq = (q - z) * s
+    if config.solver.fp8_aware and vllm_scales is not None:
+        s8, chan = vllm_scales
+        xq = fp8_cast((q - z) * s8) * chan
+    elif config.solver.fp8_aware:
+        xq = fp8_cast(xq, config.fp8.fp8_max)  # saturates at F
+    return q, xq
 
 
 def _run_ends(gid: list[int]) -> list[int]:

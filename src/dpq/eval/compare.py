@@ -52,7 +52,7 @@ def _default_quantize(model, tokenizer, config, calib=None, device="cpu", progre
     return quantize(model, tokenizer, config=config, calib=calib, device=device, progress=progress)
 
 
-def load_float(model_name: str | None, loader: Callable | None = None) -> tuple:
+def load_float(model_name: str | None, loader: Callable | None = None, dtype="float32") -> tuple:
     """(model, tokenizer, name, reference) of the float model to compare.
 
     reference is what saved checkpoints record as their source model: the loaded model's
@@ -63,7 +63,7 @@ def load_float(model_name: str | None, loader: Callable | None = None) -> tuple:
         return (*loader(model_name), model_name)
     from dpq.models.loading import load_float_model  # noqa: PLC0415
 
-    model, tok, src = load_float_model(model_name)
+    model, tok, src = load_float_model(model_name, dtype=dtype)
     return model, tok, src.name, src.reference
 
 
@@ -104,6 +104,7 @@ def compare(
     progress: bool = True,
     save_dir: str | None = None,
     on_result: Callable[[dict], None] | None = None,
+    dtype="float32",
 ) -> dict:
     """Evaluate the float model ("bf16") and each quantization method on the same data.
 
@@ -116,6 +117,7 @@ def compare(
         defaults to `dpq.models.loading.load_float_model`.
     save_dir: write each quantized model to save_dir/<method> (atomic), or load it from there when a
         checkpoint of the same settings and calibration tokens is already present (see the module doc).
+    dtype: of the float model ("auto": the source's own; dpq quantize's default).
     on_result(partial) is called after each method with the comparison so far (for incremental output).
     Returns {"model", "methods", "results": {method: evaluate-dict}, "calibration", "quant_kwargs"}; each
     quantized method's result also holds "concentrated": {Linear: top-token share} for the Linears whose
@@ -128,20 +130,8 @@ def compare(
     resolve_tasks(eval_kwargs.get("tasks", ()))  # fail on a bad task name before loading anything
     configs = {m: QuantConfig.for_method(m, **quant_kwargs) for m in methods if m != FLOAT}
     quantize_fn = quantize_fn or _default_quantize
-    float_model, tok, name, reference = load_float(model_name, loader)
-    calib_spec: CalibSpec = quant_kwargs.get("calib") or CalibSpec()
-    calib_info = None
-    if configs and calib is None:
-        from dpq.io.data import calibration_batches, fingerprint  # noqa: PLC0415
-
-        calib = calibration_batches(tok, calib_spec.source, calib_spec.samples, calib_spec.seq_len, calib_spec.seed,
-                                    calib_spec.holdout)
-        calib_info = {**dataclasses.asdict(calib_spec), "fingerprint": fingerprint(calib)}
-    elif configs and calib is not None and torch.is_tensor(calib):
-        from dpq.io.data import fingerprint  # noqa: PLC0415
-
-        calib_info = {"source": "given", "samples": int(calib.shape[0]), "seq_len": int(calib.shape[1]),
-                      "fingerprint": fingerprint(calib)}
+    float_model, tok, name, reference = load_float(model_name, loader, dtype)
+    calib, calib_info = _calibration(tok, quant_kwargs.get("calib") or CalibSpec(), calib, bool(configs))
     if save_dir is not None:
         for m, cfg in configs.items():  # refuse a mismatched directory before hours of work
             _reusable(Path(save_dir) / m, cfg, calib_info)
@@ -154,29 +144,8 @@ def compare(
     }
     for method in methods:
         t0 = time.perf_counter()
-        reused = False
-        shares = None  # {Linear: top-token share of tr(H)} of the quantization run
-        if method == FLOAT:
-            model = float_model
-        elif save_dir is not None and (block := _reusable(Path(save_dir) / method, configs[method], calib_info)):
-            from dpq.api import load  # noqa: PLC0415
-
-            model, _ = load(str(Path(save_dir) / method), device=device)
-            shares = block.get("top_token_share")
-            reused = True
-        else:
-            from dpq.pipeline import QuantResult  # noqa: PLC0415
-
-            model = copy.deepcopy(float_model)
-            result = quantize_fn(model, tok, config=configs[method], calib=calib, device=device, progress=progress)
-            if isinstance(result, QuantResult):
-                model, shares = result.model, result.summary.top_token_shares()
-            else:
-                model = result
-            if save_dir is not None:
-                from dpq.api import save  # noqa: PLC0415
-
-                save(result, str(Path(save_dir) / method), source_model=reference)
+        model, shares, reused = _model_for(method, float_model, tok, configs, calib, calib_info, save_dir, reference,
+                                           quantize_fn, device, progress)
         quant_s = time.perf_counter() - t0
         res = evaluate(model, tok, name=name, device=device, progress=progress, **eval_kwargs)
         res["method"] = method
@@ -194,3 +163,46 @@ def compare(
             del model
             gc.collect()
     return out
+
+
+def _calibration(tok, calib_spec: CalibSpec, calib, needed: bool):
+    """(calibration ids [samples, seq_len] or None, their description with fingerprint or None)."""
+    if not needed:
+        return calib, None
+    from dpq.io.data import calibration_batches, fingerprint  # noqa: PLC0415
+
+    if calib is None:
+        calib = calibration_batches(tok, calib_spec.source, calib_spec.samples, calib_spec.seq_len, calib_spec.seed,
+                                    calib_spec.holdout)
+        return calib, {**dataclasses.asdict(calib_spec), "fingerprint": fingerprint(calib)}
+    if torch.is_tensor(calib):
+        return calib, {"source": "given", "samples": int(calib.shape[0]), "seq_len": int(calib.shape[1]),
+                       "fingerprint": fingerprint(calib)}
+    return calib, None
+
+
+def _model_for(method, float_model, tok, configs, calib, calib_info, save_dir, reference, quantize_fn, device,
+               progress):
+    """(model, {Linear: top-token share} or None, reused?) for one method: the float model, a checkpoint
+    reused from save_dir, or a fresh quantization of a copy of the float model (saved to save_dir)."""
+    if method == FLOAT:
+        return float_model, None, False
+    if save_dir is not None and (block := _reusable(Path(save_dir) / method, configs[method], calib_info)):
+        from dpq.api import load  # noqa: PLC0415
+
+        model, _ = load(str(Path(save_dir) / method), device=device)
+        return model, block.get("top_token_share"), True
+    from dpq.pipeline import QuantResult  # noqa: PLC0415
+
+    model = copy.deepcopy(float_model)
+    result = quantize_fn(model, tok, config=configs[method], calib=calib, device=device, progress=progress)
+    shares = None
+    if isinstance(result, QuantResult):
+        model, shares = result.model, result.summary.top_token_shares()
+    else:
+        model = result
+    if save_dir is not None:
+        from dpq.api import save  # noqa: PLC0415
+
+        save(result, str(Path(save_dir) / method), source_model=reference)
+    return model, shares, False

@@ -135,6 +135,7 @@ def compare_seeds(
     progress: bool = True,
     quantize_fn: Callable | None = None,
     loader: Callable | None = None,
+    dtype="float32",
     on_result: Callable[[dict], None] | None = None,
 ) -> dict:
     """`compare` once per calibration seed, then `summarize`.
@@ -157,7 +158,7 @@ def compare_seeds(
         raise ValueError("a seed spread needs at least one quantization method (the float model has no seed)")
     quant_kwargs = dict(quant_kwargs or {})
     base_calib: CalibSpec = quant_kwargs.get("calib") or CalibSpec()
-    *loaded, reference = load_float(model_name, loader)
+    *loaded, reference = load_float(model_name, loader, dtype)
     runs: list[dict] = []  # the finished seeds' comparisons
 
     def report(so_far: dict) -> None:

@@ -60,7 +60,7 @@ def check_context(model_config, seq_len: int) -> None:
     ctx = context_length(model_config)
     if ctx is not None and seq_len > ctx:
         raise ConfigError(f"calibration seq_len={seq_len} is longer than the model's context ({ctx} tokens, "
-                          f"max_position_embeddings): use --seq-len {min(ctx, 2048)} or less")
+                          f"max_position_embeddings): use --calib-seq-len {min(ctx, 2048)} or less")
 
 
 def check_float_linears(model, names: list[str], patterns: tuple[str, ...]) -> None:

@@ -170,11 +170,3 @@ def pack_int4_int32(q: torch.Tensor) -> torch.Tensor:
         words |= q[:, :, j].to(torch.int64) << int(shifts[j])
     words = torch.where(words >= 2**31, words - 2**32, words)
     return words.to(torch.int32)
-
-
-def unpack_int4_int32(packed: torch.Tensor, k: int) -> torch.Tensor:
-    """[N, ceil(K/8)] int32 -> codes [N, K] uint8 (inverse of `pack_int4_int32`)."""
-    words = packed.to(torch.int64) & 0xFFFFFFFF
-    parts = [((words >> (4 * j)) & 0xF) for j in range(8)]
-    q = torch.stack(parts, dim=2).reshape(packed.shape[0], -1)
-    return q[:, :k].to(torch.uint8)
