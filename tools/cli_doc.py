@@ -1,6 +1,6 @@
 """Rewrite the "Every flag" section of docs/cli.md from the `--help` output of every `dpq` command.
 
-    python tools/cli_doc.py          # after changing a flag (tests/test_docs.py checks the doc lists them all)
+    python tools/cli_doc.py          # after changing a flag (tests/test_readme_and_docs.py checks the doc lists them all)
 """
 
 from __future__ import annotations

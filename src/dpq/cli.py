@@ -132,6 +132,10 @@ def cmd_export(a) -> int:
     import dpq  # noqa: PLC0415
 
     out = dpq.export(a.path, a.out, format=a.format, target=a.target, overwrite=a.overwrite, weights=a.weights)
+    weights = json.loads((out / "dpq_export.json").read_text()).get("weights")
+    if weights == "fp8":
+        print("weights: FP8 (1 byte per weight: dpq's exact inference weights); --weights int4 stores half the bytes, "
+              "without dpq's FP8 weight rounding")
     print(f"wrote {out}")
     return 0
 

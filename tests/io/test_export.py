@@ -384,6 +384,9 @@ def test_cli_export(paper_dirs, tmp_path, capsys):
     ck, _ = paper_dirs[True]
     assert main(["export", str(ck), "--format", "compressed-tensors", "--out", str(tmp_path / "o")]) == 0
     assert (tmp_path / "o" / "model.safetensors").is_file()
+    assert "weights: FP8 (1 byte per weight" in capsys.readouterr().out  # the default says what it costs
+    assert main(["export", str(ck), "--out", str(tmp_path / "o3"), "--weights", "int4"]) == 0
+    assert "weights: FP8" not in capsys.readouterr().out
     assert main(["export", str(ck), "--out", str(tmp_path / "o2"), "--target", "vllm-w4afp8"]) == 2
     assert "re-quantize with --target vllm-w4afp8" in capsys.readouterr().err
 
