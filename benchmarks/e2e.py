@@ -66,18 +66,15 @@ def build_model(cfg, device):
 
 
 def quantize_linear(lin: nn.Linear):
-    """nn.Linear -> W4A8Linear by RTN (per-tensor power-of-two s_w, asymmetric INT4 groups in the FP8 domain)."""
+    """nn.Linear -> W4A8Linear by the library's round to nearest (`rtn-w4a8`: per-tensor power-of-two s_w,
+    asymmetric INT4 groups in the FP8 domain) with a fixed static input scale (random weights, no calibration)."""
+    from dpq.algorithms.rtn import rtn_solve
+    from dpq.config import QuantConfig
     from dpq.nn.linear import W4A8Linear
-    from dpq.numerics.fp8 import protective_range, weight_scale
-    from dpq.numerics.int4 import compute_group_params, quantize
-    from dpq.numerics.qweight import QuantizedWeight
 
     w = lin.weight.detach().float()
-    s_w = weight_scale(w.abs().max(), F)
-    wd = (w / s_w).clamp(-protective_range(F), protective_range(F))
     g = min(GROUP, w.shape[1])  # the tiny dry-run model has K = 64
-    scale, zero = compute_group_params(wd, g, False, torch.bfloat16)
-    qw = QuantizedWeight(quantize(wd, scale, zero, g), scale, zero, s_w, g, F)
+    qw = rtn_solve(w, QuantConfig.for_method("rtn-w4a8", group_size=g, fp8_max=F))
     q = W4A8Linear.from_quantized(qw, lin.bias)
     q.set_input_scale(ACT_SCALE)
     return q
