@@ -172,21 +172,11 @@ def _add_eval(sub) -> None:
 
 def cmd_eval(a) -> int:
     from dpq.eval.report import to_markdown  # noqa: PLC0415
-    from dpq.eval.run import evaluate_path  # noqa: PLC0415
+    from dpq.eval.run import evaluate_path, evaluate_vs_float  # noqa: PLC0415
 
     _check_output_file("--json", a.json_out)
-    results = []
-    if a.vs_float:
-        from dpq.io.checkpoint import read_quant_block  # noqa: PLC0415
-
-        source = read_quant_block(a.model).get("source_model") if a.model else None
-        if not source:
-            raise ValueError("--vs-float needs a dpq checkpoint that records its source model (dpq quantize writes it)")
-        if os.path.exists(source) and os.path.realpath(source) == os.path.realpath(a.model):
-            raise ValueError(f"--vs-float: the checkpoint {a.model} records itself as its source model (the float "
-                             "model was overwritten): evaluate the float model separately")
-        results.append(evaluate_path(source, device=a.device, include_path=a.include_path, **_eval_kwargs(a)))
-    results.append(evaluate_path(a.model, device=a.device, include_path=a.include_path, **_eval_kwargs(a)))
+    opts = dict(device=a.device, include_path=a.include_path, **_eval_kwargs(a))
+    results = evaluate_vs_float(a.model, **opts) if a.vs_float else [evaluate_path(a.model, **opts)]
     print(to_markdown(results))
     _write_json(a.json_out, results if a.vs_float else results[0])
     return 0

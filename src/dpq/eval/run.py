@@ -125,3 +125,25 @@ def evaluate_path(model_or_dir: str | None = None, **opts) -> dict:
     model, tok, name = load_any(model_or_dir, device=opts.get("device", "cpu"))
     opts.setdefault("name", name)
     return evaluate(model, tok, **opts)
+
+
+def float_source(checkpoint: str) -> str:
+    """The float model a dpq checkpoint records as its source (`dpq eval --vs-float`); ValueError when it
+    records none, or records itself (the float model was overwritten by the checkpoint)."""
+    import os  # noqa: PLC0415
+
+    from dpq.io.checkpoint import read_quant_block  # noqa: PLC0415
+
+    source = read_quant_block(checkpoint).get("source_model") if checkpoint else None
+    if not source:
+        raise ValueError("--vs-float needs a dpq checkpoint that records its source model (dpq quantize writes it)")
+    if os.path.exists(source) and os.path.realpath(source) == os.path.realpath(checkpoint):
+        raise ValueError(f"--vs-float: the checkpoint {checkpoint} records itself as its source model (the float "
+                         "model was overwritten): evaluate the float model separately")
+    return source
+
+
+def evaluate_vs_float(checkpoint: str, **opts) -> list[dict]:
+    """[float model's results, checkpoint's results] on the same data (`evaluate_path` options)."""
+    source = float_source(checkpoint)
+    return [evaluate_path(source, **opts), evaluate_path(checkpoint, **opts)]
