@@ -1,3 +1,6 @@
+"""dpq.eval.run: evaluating a checkpoint against the float model it records."""
+
+from __future__ import annotations
 
 
 def test_vs_float_needs_a_recorded_source(monkeypatch):
