@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from dpq.algorithms.hessian import SOLVER_DTYPE, HessianError, prepare_hessian
+from dpq.algorithms.hessian import SOLVER_DTYPE, HessianError, damp_hessian
 
 
 class CrossAccumulator:
@@ -62,10 +62,17 @@ def asymmetric_target(w: torch.Tensor, h: torch.Tensor, c: torch.Tensor, alpha: 
 
     H is damped as the solver damps it (`prepare_hessian`); dead inputs keep W's column.
     """
+    return asymmetric_correction(h, c, alpha, damp)(w)
+
+
+def asymmetric_correction(h: torch.Tensor, c: torch.Tensor, alpha: float, damp: float):
+    """`asymmetric_target` for every Linear of a set that shares H and C: H is damped and factored once.
+
+    Returns target(w): w [N, K] -> W' [N, K] fp32.
+    """
     if alpha == 0:
-        return w.detach().to(SOLVER_DTYPE).clone()
-    w = w.detach().to(SOLVER_DTYPE)
-    _, hd, dead = prepare_hessian(w, h, damp)
+        return lambda w: w.detach().to(SOLVER_DTYPE).clone()
+    hd, dead = damp_hessian(h, damp)
     lower, info = torch.linalg.cholesky_ex(hd)
     extra = 0.01
     while info.item() != 0 and extra <= 1.0:  # as inverse_cholesky: retry with more damping
@@ -76,8 +83,14 @@ def asymmetric_target(w: torch.Tensor, h: torch.Tensor, c: torch.Tensor, alpha: 
         extra *= 10
     if info.item() != 0:
         raise HessianError("asymmetric correction: the Hessian is not positive definite; raise damping")
-    rhs = (w @ c.to(w.device, SOLVER_DTYPE)).t()  # (K, N)
-    shift = torch.cholesky_solve(rhs, lower).t()  # (N, K) = W C H^-1 (H symmetric)
-    out = w + alpha * shift
-    out[:, dead] = w[:, dead]
-    return out
+    del hd
+
+    def target(w: torch.Tensor) -> torch.Tensor:
+        w = w.detach().to(SOLVER_DTYPE)
+        rhs = (w @ c.to(w.device, SOLVER_DTYPE)).t()  # (K, N)
+        shift = torch.cholesky_solve(rhs, lower).t()  # (N, K) = W C H^-1 (H symmetric)
+        out = w + alpha * shift
+        out[:, dead] = w[:, dead]
+        return out
+
+    return target

@@ -154,14 +154,20 @@ def prepare_hessian(
     w [N, K], h [K, K] -> (w', h', dead [K] bool) where a dead input (diag(H) == 0)
     gets H[d, d] = 1 and W[:, d] = 0, and then H += damp * mean(diag(H)) * I.
     """
+    h, dead = damp_hessian(h, damp)
     w = w.to(SOLVER_DTYPE).clone()
+    w[:, dead] = 0.0
+    return w, h, dead
+
+
+def damp_hessian(h: torch.Tensor, damp: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """`prepare_hessian`'s treatment of H alone: h [K, K] -> (h' [K, K] a copy, dead [K] bool)."""
     h = h.to(SOLVER_DTYPE).clone()
     dead = torch.diag(h) == 0
     h[dead, dead] = 1.0
-    w[:, dead] = 0.0
     idx = torch.arange(h.shape[0], device=h.device)
     h[idx, idx] += damp * torch.mean(torch.diag(h))
-    return w, h, dead
+    return h, dead
 
 
 def inverse_cholesky(h: torch.Tensor, name: str = "", retries: int = CHOLESKY_RETRIES) -> torch.Tensor:

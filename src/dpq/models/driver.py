@@ -32,7 +32,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dpq.algorithms import ERROR_ROWS, relative_output_error, relative_weight_error, solve
-from dpq.algorithms.gptaq import asymmetric_target
+from dpq.algorithms.gptaq import asymmetric_correction
 from dpq.config import QuantConfig
 from dpq.kernels import ops
 from dpq.models.activations import ActivationStore
@@ -118,13 +118,14 @@ def _quantize_group(layer, names, hidden, kwargs, index, prefix, config, device,
     s_x = obs.scale(config.fp8.fp8_max) if static_act else None
     with clock("hessian"):
         x, h, cross, share = hess.finish(s_x, need_h=config.solver.algorithm != "rtn")
+    with clock("solve"):  # GPTAQ: one factorization of H for the whole set
+        correct = None if cross is None else asymmetric_correction(h, cross, config.solver.asym_alpha,
+                                                                   config.solver.damp)
     for n, m in mods.items():
         full = f"{prefix}.{n}"
         w = m.weight.detach().to(device=device, dtype=torch.float32)
         with clock("solve"):
-            target = w if cross is None else asymmetric_target(w, h, cross, config.solver.asym_alpha,
-                                                               config.solver.damp)
-            qw = solve(target, h, config, name=full)
+            qw = solve(w if correct is None else correct(w), h, config, name=full)
             bias = None if m.bias is None else m.bias.detach()
             q = W4A8Linear.from_quantized(qw, bias, config.weight.scale_dtype, config.target)
             if s_x is not None:
