@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from dpq.models.capture import run_layer
 from dpq.models.specs import ArchSpec, get_submodule
 
 
@@ -32,21 +33,14 @@ class FloatLayerRecord:
 
 def run_float_layer(layer, spec: ArchSpec, hidden: list[torch.Tensor], kwargs, index: int, device) -> FloatLayerRecord:
     """Run the (still float) decoder layer over the float hidden states, recording every set's input."""
-    from dpq.models.capture import to_device as _to  # noqa: PLC0415
-
     inputs: list[list[torch.Tensor]] = [[] for _ in spec.sequence]
     handles = []
     for j, names in enumerate(spec.sequence):
         def hook(_mod, args, _out, j=j):
             inputs[j].append(args[0].detach().cpu())
         handles.append(get_submodule(layer, names[0]).register_forward_hook(hook))
-    outs = []
     try:
-        with torch.no_grad():
-            for b, x in enumerate(hidden):
-                y = layer(x.to(device), **_to(kwargs[b][index], device))
-                y = y[0] if isinstance(y, tuple) else y
-                outs.append(y.detach().cpu())
+        outs = run_layer(layer, hidden, kwargs, index, device)
     finally:
         for h in handles:
             h.remove()
