@@ -34,13 +34,32 @@ def _add_quantize(sub) -> None:
     p.add_argument("--out", required=True,
                    help="checkpoint directory to write (must not exist; an interrupted run with the same --out resumes)")
     p.add_argument("--method", default="dpq-gar", choices=METHODS)
-    p.add_argument("--calib", default="wikitext2", help="wikitext2, a .txt file or a .jsonl file of {\"text\": ...}")
-    p.add_argument("--calib-samples", type=POSITIVE, default=128)
     p.add_argument("--calib-seq-len", "--seq-len", dest="seq_len", type=POSITIVE, default=2048,
                    action=_DeprecatedAlias, help="tokens per calibration sample (--seq-len: deprecated spelling)")
+    _quant_options(p)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--batch-size", type=POSITIVE, default=8, help="calibration sequences per forward")
+    p.add_argument("--seed", type=int, default=0, help="calibration seed (which windows of text calibrate)")
+    p.add_argument("--max-shard-size", default="5GB", metavar="SIZE",
+                   help="largest safetensors file of the checkpoint (5GB default; GB = 10^9 bytes, GiB = 2^30)")
+    p.add_argument("--restart", action="store_true",
+                   help="discard what an interrupted run with the same --out kept, instead of resuming it")
+    p.add_argument("--offload-dir", default=None, metavar="DIR",
+                   help="keep calibration activations in memory-mapped files under DIR (when they do not fit in RAM)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it is a dpq checkpoint (or empty)")
+    p.set_defaults(func=cmd_quantize)
+
+
+def _quant_options(p) -> None:
+    """The quantization flags `quantize` and `compare` share (compare applies them to every method)."""
+    p.add_argument("--calib", default="wikitext2", help="wikitext2, a .txt file or a .jsonl file of {\"text\": ...}")
+    p.add_argument("--calib-samples", type=POSITIVE, default=128)
     p.add_argument("--calib-skip-first", type=NON_NEGATIVE, default=0, metavar="N",
                    help="leave the first N tokens of every calibration sequence out of the Hessians "
                         "(1 drops position 0, where attention sinks put massive activations)")
+    p.add_argument("--calib-holdout", action="store_true",
+                   help="draw calibration windows only from the first 80%% of the text's tokens, leaving the rest "
+                        "for setting selection (dpq eval --ppl wikitext2-heldout)")
     p.add_argument("--group-size", type=int, default=128, help="input channels per group; -1 = per-channel")
     p.add_argument("--sym", action="store_true", help="symmetric INT4 (zero point 8)")
     p.add_argument("--fp8-max", type=float, default=448.0,
@@ -50,9 +69,6 @@ def _add_quantize(sub) -> None:
                    help="DPQ group parameters from the error-updated weights (default) or frozen originals (reference)")
     p.add_argument("--ignore", nargs="*", default=[], metavar="PATTERN",
                    help="module names or glob patterns to leave in high precision (e.g. down_proj, 'model.layers.0.*')")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--batch-size", type=POSITIVE, default=8, help="calibration sequences per forward")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--target", default="paper", choices=["paper", "vllm-w4afp8"],
                    help="numerics to calibrate for: paper (asymmetric INT4, static FP8 activations) or "
                         "vllm-w4afp8 (vLLM's W4AFP8: symmetric INT4 g128, per-token FP8; implies --sym)")
@@ -60,18 +76,18 @@ def _add_quantize(sub) -> None:
                    help="dtype of the float weights in memory and of the tensors the checkpoint keeps unquantized "
                         "(embeddings, norms, lm_head): auto (default) is the source's own (bf16 for most hub models, "
                         "float32 for dequantized GGUF weights); the solver always works in float32")
-    p.add_argument("--max-shard-size", default="5GB", metavar="SIZE",
-                   help="largest safetensors file of the checkpoint (5GB default; GB = 10^9 bytes, GiB = 2^30)")
-    p.add_argument("--restart", action="store_true",
-                   help="discard what an interrupted run with the same --out kept, instead of resuming it")
-    p.add_argument("--offload-dir", default=None, metavar="DIR",
-                   help="keep calibration activations in memory-mapped files under DIR (when they do not fit in RAM)")
-    p.add_argument("--calib-holdout", action="store_true",
-                   help="draw calibration windows only from the first 80%% of the text's tokens, leaving the rest "
-                        "for setting selection (dpq eval --ppl wikitext2-heldout)")
     _solver_option_args(p)
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it is a dpq checkpoint (or empty)")
-    p.set_defaults(func=cmd_quantize)
+
+
+def _quant_kwargs(a, seq_len: int) -> dict:
+    """QuantConfig.for_method's keyword arguments from `_quant_options`' flags (symmetric None: the target's own;
+    solver options left unset keep the method's own)."""
+    return dict(
+        group_size=a.group_size, symmetric=True if a.sym else None, fp8_max=a.fp8_max, act=ActSpec(method=a.act_scale),
+        calib=CalibSpec(a.calib, a.calib_samples, seq_len, a.seed, a.calib_skip_first, a.calib_holdout),
+        group_params=a.group_params, target=a.target, ignore=tuple(a.ignore),
+        **{k: v for k, v in _solver_options(a).items() if v is not None},
+    )
 
 
 def cmd_quantize(a) -> int:
@@ -80,12 +96,7 @@ def cmd_quantize(a) -> int:
     from dpq.io.shards import parse_size  # noqa: PLC0415
     from dpq.report import print_summary  # noqa: PLC0415
 
-    config = QuantConfig.for_method(  # symmetric None: the target's own (--target vllm-w4afp8 implies --sym)
-        a.method, group_size=a.group_size, symmetric=True if a.sym else None, fp8_max=a.fp8_max,
-        act=ActSpec(method=a.act_scale), calib=CalibSpec(a.calib, a.calib_samples, a.seq_len, a.seed, a.calib_skip_first,
-                                                a.calib_holdout),
-        ignore=tuple(a.ignore), group_params=a.group_params, target=a.target, **_solver_options(a),
-    )
+    config = QuantConfig.for_method(a.method, **_quant_kwargs(a, a.seq_len))
     parse_size(a.max_shard_size)  # a bad size fails before any work
     if a.calib != "wikitext2":
         read_calibration_text(a.calib)  # a missing or binary file is named before the model loads
@@ -187,25 +198,8 @@ def _add_compare(sub) -> None:
     p.add_argument("model", nargs="?", default=None, help="float model (default smollm2-135m)")
     p.add_argument("--methods", default="bf16,rtn-w4a16,gptq-w4a16,rtn-w4a8,naive-w4a8,dpq,dpq-gar",
                    help="comma-separated; bf16 is the float model")
-    p.add_argument("--calib", default="wikitext2")
-    p.add_argument("--calib-samples", type=POSITIVE, default=128)
-    p.add_argument("--calib-seq-len", type=POSITIVE, default=2048)
-    p.add_argument("--calib-skip-first", type=NON_NEGATIVE, default=0, metavar="N",
-                   help="leave the first N tokens of every calibration sequence out of the Hessians")
-    p.add_argument("--group-size", type=int, default=128)
-    p.add_argument("--sym", action="store_true")
-    p.add_argument("--fp8-max", type=float, default=448.0)
-    p.add_argument("--act-scale", default="maxabs", choices=["maxabs", "percentile", "mse"])
-    p.add_argument("--group-params", default="updated", choices=["updated", "frozen"])
-    p.add_argument("--calib-holdout", action="store_true",
-                   help="calibrate on the first 80%% of the text's tokens only (see dpq quantize)")
-    p.add_argument("--target", default="paper", choices=["paper", "vllm-w4afp8"],
-                   help="numerics to calibrate for (see dpq quantize; vllm-w4afp8 implies --sym)")
-    p.add_argument("--ignore", nargs="*", default=[], metavar="PATTERN",
-                   help="Linears to keep in high precision in every method (names or globs, as in dpq quantize)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="dtype of the float model (auto: the source's own, float32 for GGUF)")
-    _solver_option_args(p)
+    p.add_argument("--calib-seq-len", type=POSITIVE, default=2048, help="tokens per calibration sample")
+    _quant_options(p)
     seed = p.add_mutually_exclusive_group()
     seed.add_argument("--seed", type=int, default=0, help="calibration seed (which windows of text calibrate)")
     seed.add_argument("--seeds", default=None, metavar="S1,S2,...",
@@ -226,12 +220,7 @@ def cmd_compare(a) -> int:
 
     for flag, path in (("--json", a.json_out), ("--markdown", a.markdown), ("--plot", a.plot)):
         _check_output_file(flag, path)
-    quant_kwargs = dict(
-        group_size=a.group_size, symmetric=True if a.sym else None, fp8_max=a.fp8_max, act=ActSpec(method=a.act_scale),
-        calib=CalibSpec(a.calib, a.calib_samples, a.calib_seq_len, a.seed, a.calib_skip_first, a.calib_holdout),
-        group_params=a.group_params, target=a.target, ignore=tuple(a.ignore),
-        **{k: v for k, v in _solver_options(a).items() if v is not None},
-    )
+    quant_kwargs = _quant_kwargs(a, a.calib_seq_len)
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     if a.seeds is not None:
         return _compare_seeds(a, methods, quant_kwargs)
