@@ -48,3 +48,30 @@ def tiny_llama_dir(tmp_path_factory, smollm2_tokenizer):
     model.save_pretrained(d)
     smollm2_tokenizer.save_pretrained(d)
     return d
+
+
+@pytest.fixture(scope="session")
+def tiny_rtn_checkpoint(tmp_path_factory, tiny_llama_dir):
+    """A dpq checkpoint (rtn-w4a8, g32) of the tiny Llama, with tokenizer. Read only: copy it to change it."""
+    import dpq
+    from dpq.models.loading import load_float_model
+
+    model, tok, _ = load_float_model(str(tiny_llama_dir))
+    cfg = dpq.QuantConfig.for_method("rtn-w4a8", group_size=32)
+    result = dpq.quantize(model, tok, cfg, calib=torch.randint(0, 1000, (1, 16)), progress=False)
+    return dpq.save(result, tmp_path_factory.mktemp("tiny-rtn") / "ck")
+
+
+@pytest.fixture()
+def no_calibration(monkeypatch):
+    """Fail the test if quantization gets as far as drawing calibration data or running the driver."""
+    import dpq.api
+    import dpq.io.data
+    import dpq.pipeline
+
+    def calibrate(*_a, **_k):
+        pytest.fail("the bad input was only noticed after calibration started")
+
+    monkeypatch.setattr(dpq.io.data, "calibration_batches", calibrate)
+    monkeypatch.setattr(dpq.api, "quantize_model", calibrate)
+    monkeypatch.setattr(dpq.pipeline, "quantize_model", calibrate)

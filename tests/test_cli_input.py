@@ -26,16 +26,6 @@ def _refused(argv, capsys, *needles) -> str:
     return errors[0]
 
 
-@pytest.fixture()
-def no_calibration(monkeypatch):
-    """Fail the test if dpq.quantize gets as far as drawing calibration data."""
-    def calibrate(*_a, **_k):
-        pytest.fail("the bad input was only noticed after calibration started")
-
-    monkeypatch.setattr(dpq.io.data, "calibration_batches", calibrate)
-    monkeypatch.setattr(dpq.pipeline, "quantize_model", calibrate)
-
-
 QUICK = ["--calib-samples", "2", "--calib-seq-len", "32", "--group-size", "32"]
 
 

@@ -50,13 +50,8 @@ def task_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, tiny_llama_dir):
-    from dpq.models.loading import load_float_model
-
-    model, tok, _ = load_float_model(str(tiny_llama_dir))
-    cfg = dpq.QuantConfig.for_method("rtn-w4a8", group_size=32)
-    result = dpq.quantize(model, tok, cfg, calib=torch.randint(0, 1000, (1, 16)), progress=False)
-    return dpq.save(result, tmp_path_factory.mktemp("harness") / "ck")
+def checkpoint(tiny_rtn_checkpoint):
+    return tiny_rtn_checkpoint
 
 
 def _expected_correct(path) -> list[int]:

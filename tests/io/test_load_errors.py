@@ -6,21 +6,14 @@ import json
 import shutil
 
 import pytest
-import torch
 
-import dpq
 from dpq.cli import main
 from dpq.io import checkpoint as ckpt
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory, tiny_llama_dir):
-    from dpq.models.loading import load_float_model
-
-    model, tok, _ = load_float_model(str(tiny_llama_dir))
-    cfg = dpq.QuantConfig.for_method("rtn-w4a8", group_size=32)
-    result = dpq.quantize(model, tok, cfg, calib=torch.randint(0, 1000, (1, 16)), progress=False)
-    return dpq.save(result, tmp_path_factory.mktemp("errors") / "ck")
+def saved(tiny_rtn_checkpoint):
+    return tiny_rtn_checkpoint  # every test copies it before changing it
 
 
 @pytest.fixture

@@ -81,16 +81,6 @@ def tiny(tiny_llama_dir, monkeypatch):
     return model
 
 
-@pytest.fixture()
-def no_calibration(monkeypatch):
-    def fail(*_a, **_k):
-        pytest.fail("calibration started before the bad input was noticed")
-
-    monkeypatch.setattr(dpq.io.data, "calibration_batches", fail)
-    monkeypatch.setattr(dpq.api, "quantize_model", fail)
-    monkeypatch.setattr(dpq.pipeline, "quantize_model", fail)
-
-
 def test_config_of_the_wrong_type(tiny, no_calibration):
     with pytest.raises(TypeError, match="config must be a dpq.QuantConfig, .* not str"):
         dpq.quantize(tiny, None, "dpq-gar")
