@@ -271,6 +271,14 @@ def test_sharded_checkpoint_with_a_missing_shard(saved, tmp_path):
         _auto(p)
 
 
+def test_sharded_checkpoint_with_a_corrupt_index(saved, tmp_path):
+    p = _copy(saved[0], tmp_path)
+    _shard(p)
+    (p / "model.safetensors.index.json").write_text('{"weight_map": 3}')
+    with pytest.raises(CheckpointError, match="index.json is not a valid safetensors index .*: the checkpoint is corrupted"):
+        dpq.info(p)
+
+
 def test_format_version_1_loads_through_from_pretrained(saved, tmp_path, smollm2_tokenizer):
     path, want = saved
     p = _copy(path, tmp_path)

@@ -205,6 +205,22 @@ def test_missing_source_tensor_is_named(sharded_dir, tmp_path, capsys):
     assert not (tmp_path / "q").exists() and not partial_dir(tmp_path / "q").exists()
 
 
+@pytest.mark.parametrize("index", ["{not json", '{"metadata": {}}', '{"weight_map": ["a"]}'])
+def test_corrupt_source_index_is_named(sharded_dir, tmp_path, capsys, index):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(sharded_dir, broken)
+    (broken / "model.safetensors.index.json").write_text(index)
+    with pytest.raises(SourceError, match="model.safetensors.index.json is not a valid safetensors index"):
+        open_source(str(broken))
+    from dpq.cli import main
+
+    assert main(["quantize", str(broken), "--out", str(tmp_path / "q"), "--method", "rtn-w4a16"]) == 2
+    assert "is not a valid safetensors index" in capsys.readouterr().err
+    assert not (tmp_path / "q").exists() and not partial_dir(tmp_path / "q").exists()
+
+
 def test_unexpected_source_tensor_is_named(sharded_dir, tmp_path):
     import shutil
 

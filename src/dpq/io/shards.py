@@ -268,9 +268,16 @@ def _sha256(path: Path) -> str:
 
 
 def shard_files(directory: Path) -> list[str]:
-    """The safetensors files of a model directory: the index's shards, or the single file."""
+    """The safetensors files of a model directory: the index's shards, or the single file ([] when neither).
+
+    Raises ShardError naming the index when it is not JSON with a weight_map of file names.
+    """
     d = Path(directory)
-    if (d / INDEX_FILE).is_file():
-        index = json.loads((d / INDEX_FILE).read_text(encoding="utf-8"))
-        return sorted(set(index["weight_map"].values()))
+    index = d / INDEX_FILE
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            return sorted(set(weight_map.values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ShardError(f"{index} is not a valid safetensors index ({e})") from e
     return [SINGLE_FILE] if (d / SINGLE_FILE).is_file() else []

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
+from dpq.io.shards import ShardError, shard_files
 from dpq.io.checkpoint import MANIFEST, WEIGHTS, CheckpointError, check_quantized_tensors, verify_files
 
 INDEX = WEIGHTS + ".index.json"
@@ -46,16 +47,12 @@ Headers = dict[str, tuple[tuple[int, ...], str, Path]]
 
 def weight_files(path: Path) -> list[Path]:
     """The safetensors files of a checkpoint: the shards model.safetensors.index.json names, or model.safetensors."""
-    index = path / INDEX
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            names = sorted(set(weight_map.values()))
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
-            raise CheckpointError(f"{index} is not a valid shard index ({e}): the checkpoint is corrupted") from e
+    try:
+        names = shard_files(path)
+    except ShardError as e:
+        raise CheckpointError(f"{e}: the checkpoint is corrupted") from e
+    if names:
         return [path / n for n in names]
-    if (path / WEIGHTS).is_file():
-        return [path / WEIGHTS]
     raise CheckpointError(f"{path} has neither {WEIGHTS} nor {INDEX}: the checkpoint has no weights")
 
 

@@ -17,7 +17,6 @@ unexpected weight is an error naming it, never a randomly initialised Linear.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,13 +24,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from dpq.io.shards import INDEX_FILE, SINGLE_FILE, ShardError, shard_files
 from dpq.models.loading import BUNDLED, ModelLoadError, ModelSource, load_tokenizer, resolve
 
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 """`--dtype` choices: "auto" is the source's own dtype (float32 for dequantized GGUF weights)."""
-
-SINGLE_FILE = "model.safetensors"
-INDEX_FILE = "model.safetensors.index.json"
 
 
 class SourceError(ModelLoadError):
@@ -225,17 +222,15 @@ _TORCH_DTYPE = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "b
 
 
 def _weight_files(d: Path) -> list[str]:
+    try:
+        files = shard_files(d)
+    except ShardError as e:
+        raise SourceError(str(e)) from e
     if (d / INDEX_FILE).is_file():
-        try:
-            index = json.loads((d / INDEX_FILE).read_text(encoding="utf-8"))
-            files = sorted(set(index["weight_map"].values()))
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise SourceError(f"{d / INDEX_FILE} is not a valid safetensors index ({e})") from e
         missing = [f for f in files if not (d / f).is_file()]
         if missing:
             raise SourceError(f"{d / missing[0]} is listed in {INDEX_FILE} but missing: the download is incomplete")
-        return files
-    return [SINGLE_FILE]
+    return files or [SINGLE_FILE]
 
 
 def streamable(origin: ModelSource) -> bool:
