@@ -396,7 +396,8 @@ def test_cli_export(paper_dirs, tmp_path, capsys):
 @pytest.mark.slow
 def test_smollm2_paper_export_perplexity(smollm2, tmp_path):
     """SmolLM2 (K = 576, 1536: group 64), DPQ symmetric paper target, 2 x 64 calibration tokens: WikiText-2
-    perplexity of both transformers-loaded exports (FP8 and INT4 weights) near dpq's reference model.
+    perplexity of both transformers-loaded exports near dpq's reference model: INT4 weights within 1% (as
+    before FP8 weights existed), FP8 weights within 3%.
 
     Each exported Linear matches dpq's to BF16 output rounding (about 0.2%, tested exactly elsewhere), but
     with FP8 activations a tiny difference flips input roundings downstream: on these 2 x 256 tokens two
@@ -414,11 +415,11 @@ def test_smollm2_paper_export_perplexity(smollm2, tmp_path):
     ck = dpq.save(dpq.quantize(model, tok, cfg, progress=False), tmp_path / "ck")
     ref, _ = dpq.load(ck, dtype=torch.float32)
     p_ref = wikitext2_perplexity(ref, tok, seq_len=256, max_windows=2, progress=False).ppl
-    for weights in ("fp8", "int4"):
+    for weights, bound in (("int4", 0.01), ("fp8", 0.03)):  # int4: the bound this test always had
         out = dpq.export(ck, tmp_path / f"ct-{weights}", weights=weights)
         ct = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
         p_ct = wikitext2_perplexity(ct, tok, seq_len=256, max_windows=2, progress=False).ppl
-        assert abs(p_ct / p_ref - 1) < 0.03, (weights, p_ct, p_ref)
+        assert abs(p_ct / p_ref - 1) < bound, (weights, p_ct, p_ref)
 
 
 def test_ignored_linears_stay_dense(tmp_path, tiny_llama_dir, smollm2_tokenizer):
