@@ -87,7 +87,11 @@ def test_dequant_path_with_a_float32_bias_adds_it_in_fp32():
 
 def test_the_rule_picks_the_path_by_m_and_sizes():
     big = tk.LARGE_M_THRESHOLD
-    assert tk.choose_path(1, 4096, 4096) == "fused"
+    assert tk.choose_path(1, 4096, 4096) == "fused"          # no group size given: not the small-M kernels
+    assert tk.choose_path(1, 4096, 4096, 128) == "small"
+    assert tk.choose_path(16, 4096, 4096, 64) == "small"
+    assert tk.choose_path(17, 4096, 4096, 128) == "fused"
+    assert tk.choose_path(4, 4096, 4096, 48) == "fused"      # no K tile of >= 32 divides the group
     assert tk.choose_path(big - 1, 4096, 4096) == "fused"
     assert tk.choose_path(big, 4096, 4096) == "dequant"
     assert tk.choose_path(big, 4104, 4096) == "fused"   # N not a multiple of 16: cuBLASLt refuses
@@ -118,6 +122,8 @@ def test_module_forward_at_large_m_takes_the_dequant_path(monkeypatch):
     assert seen == [("dequant", packed.stride())]  # M = 1024 rows; the checkpoint layout
     assert_matches(y, ref, exact=False)
     w4a8_linear_module(mod, x[:1, :3].to(torch.bfloat16))
+    assert seen[-1][0] == "small" and seen[-1][1] == T(packed).stride()  # M = 3: the small-M kernel
+    w4a8_linear_module(mod, x[:1, :40].to(torch.bfloat16))
     assert seen[-1][0] == "fused" and seen[-1][1] == T(packed).stride()
 
 

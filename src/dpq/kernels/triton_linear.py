@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from dpq.kernels.triton_w4a8 import choose_path, w4a8_gemm
+from dpq.numerics.int4 import resolve_group_size
 
 
 @dataclass
@@ -53,7 +54,8 @@ def w4a8_linear_module(module, x: torch.Tensor, **kwargs) -> torch.Tensor:
     x2 = x.reshape(-1, x.shape[-1])  # [M, K]
     path = kwargs.pop("path", "auto")
     if path == "auto":
-        path = choose_path(x2.shape[0], module.out_features, module.in_features)
+        path = choose_path(x2.shape[0], module.out_features, module.in_features,
+                           resolve_group_size(module.in_features, module.group_size))
     if path == "dequant":  # the dequantize kernel reads the checkpoint layout, K-contiguous like its output
         w = (module.weight, module.scales, module.zeros)
     else:

@@ -41,6 +41,7 @@ import torch
 import triton
 import triton.language as tl
 
+from dpq.kernels import tuning
 from dpq.kernels.tuning import _config, choose_split_k, gpu_configs, m_bucket, tune_configs
 from dpq.numerics.fp8 import E4M3FN_MAX, FP8_DTYPE, fp8_cast
 from dpq.numerics.int4 import num_groups, resolve_group_size
@@ -48,7 +49,7 @@ from dpq.numerics.int4 import num_groups, resolve_group_size
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 """Read when this module is imported, like triton.jit itself does."""
 ACT_MODES = ("fused", "separate")
-PATHS = ("auto", "fused", "dequant")
+PATHS = ("auto", "small", "fused", "dequant")
 LARGE_M_THRESHOLD = 1024
 """`choose_path` runs M >= this on the dequantize + torch._scaled_mm path (triton_dequant.py). The
 issue's value, not measured yet: benchmarks/gpu_suite.py times both paths over M on a GPU to set it."""
@@ -278,9 +279,12 @@ def scaled_mm_supported(n: int, k: int) -> bool:
     return hasattr(torch, "_scaled_mm") and n % 16 == 0 and k % 16 == 0
 
 
-def choose_path(m: int, n: int, k: int) -> str:
-    """The large-M rule: "dequant" (FP8 weight once per call + torch._scaled_mm) at M >= LARGE_M_THRESHOLD
-    where _scaled_mm takes the sizes, else "fused" (this file's kernel)."""
+def choose_path(m: int, n: int, k: int, group_size: int | None = None) -> str:
+    """The path rule: "small" (triton_small_m.py) at M <= tuning.SMALL_M_MAX when the group size is
+    given and takes its K tile; "dequant" (FP8 weight once per call + torch._scaled_mm) at
+    M >= LARGE_M_THRESHOLD where _scaled_mm takes the sizes; else "fused" (this file's kernel)."""
+    if group_size is not None and 0 < m <= tuning.SMALL_M_MAX and tuning.small_m_block_k(group_size):
+        return "small"
     return "dequant" if m >= LARGE_M_THRESHOLD and scaled_mm_supported(n, k) else "fused"
 
 
@@ -307,7 +311,7 @@ def w4a8_gemm(x, packed, scales, zeros, s_w, s_x, bias, group_size, fp8_max=E4M3
     m, n, k, g = _check_gemm_inputs(x, packed, scales, zeros, bias, group_size)
     _check_device(x.device)
     if path == "auto":
-        path = choose_path(m, n, k)
+        path = choose_path(m, n, k, g)
     elif path == "dequant" and not scaled_mm_supported(n, k):
         raise ValueError(f"path='dequant' needs torch._scaled_mm and N, K multiples of 16; got N={n}, K={k}")
     if x.stride(1) != 1:
@@ -319,6 +323,10 @@ def w4a8_gemm(x, packed, scales, zeros, s_w, s_x, bias, group_size, fp8_max=E4M3
         from dpq.kernels.triton_dequant import dequant_matmul  # noqa: PLC0415 - it imports this module
 
         return dequant_matmul(x, packed, scales, zeros, sx, sw, bias, g, f)
+    if path == "small" and x.dtype != torch.float32:
+        from dpq.kernels.triton_small_m import small_m_gemm  # noqa: PLC0415 - it imports this module
+
+        return small_m_gemm(x, packed, scales, zeros, sx, sw, bias, g, f)
     if (act_quant == "separate" or x.dtype == torch.float32) and x.dtype != FP8_DTYPE:
         x = quantize_fp8(x, sx, f)  # float32 tiles staged by the fused prologue would overflow Ada's shared memory
     return _fused_gemm(x, packed, scales, zeros, sx, sw, bias, g, f, split_k, config, max_imprecise_acc)

@@ -10,6 +10,9 @@ import torch
 import triton
 
 M_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096)
+SMALL_M_MAX = 16
+"""`choose_path` runs M <= this on the small-M kernels (triton_small_m.py) where they take the group size."""
+SMALL_M_BLOCK_K = 128
 
 
 def _config(bm, bn, bk, warps, stages, group_m=8):
@@ -72,5 +75,23 @@ def choose_split_k(m: int, n: int, k: int, device: torch.device) -> int:
     tiles = triton.cdiv(n, 64)
     split = 1
     while split < 8 and tiles * split * 2 <= 2 * sms and k // (split * 2) >= 512:
+        split *= 2
+    return split
+
+
+def small_m_block_k(group_size: int) -> int:
+    """The small-M kernels' K tile: SMALL_M_BLOCK_K, or the group when smaller (tiles hold whole groups;
+    an FP8 dot needs K >= 32); 0 when no tile fits (the group is not a multiple of 32)."""
+    bk = SMALL_M_BLOCK_K
+    while bk >= 32 and group_size % bk:
+        bk //= 2
+    return bk if bk >= 32 else 0
+
+
+def choose_small_split(n: int, k: int, block_n: int, block_k: int, device: torch.device) -> int:
+    """Split K until the small-M grid has two programs per SM, keeping at least 4 K tiles per split."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+    tiles, k_tiles, split = triton.cdiv(n, block_n), triton.cdiv(k, block_k), 1
+    while split < 16 and tiles * split < 2 * sms and k_tiles // (split * 2) >= 4:
         split *= 2
     return split

@@ -1,0 +1,170 @@
+"""Small-M W4A8 kernels (decode: a few tokens, weight-bandwidth bound), same numerics as the fused GEMM.
+
+    y = (fp8(x / s_x) @ fp8((q - z) * s_g)^T) * (s_x * s_w) + b        BF16 [M, N]
+
+Two shapes of the same computation, for M up to 16, both on the checkpoint layout (packed codes
+[N, ceil(K/2)] K-contiguous, scales and zeros [N, G]):
+
+* `swap`: the output transposed, y^T [N, M] = W8 [N, K] @ x8^T [K, M]. N fills the tensor cores'
+  long side (64 or 128 rows) and the few tokens their short one (16), where the fused GEMM pads M
+  to 16 rows of a [BLOCK_M, BLOCK_N] tile and stages the weight as its second operand.
+* `gemv`: no tensor cores: per K tile, the FP8 values widened to fp32 and multiplied on the CUDA
+  cores (a product of two E4M3 values is exact in fp32), summed over the tile. One pass over the
+  weight, nothing staged.
+
+Both keep the fused GEMM's numerics: the same FP8 rounding of x and of the weight, fp32 sums (in
+another order), the same fp32 epilogue and one BF16 rounding; split-K partials go through the
+fused GEMM's reduce kernel. Under TRITON_INTERPRET=1 they round through `EMULATE_FP8` like it.
+Group parameters: one group per K tile (GROUP_SIZE a multiple of BLOCK_K; tail groups are
+masked), which `small_m_supported` checks.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from dpq.kernels.triton_w4a8 import (
+    FP8_DTYPE,
+    INTERPRET,
+    _fp8_round,
+    _scalar,
+    _splitk_reduce_kernel,
+    _to_bf16,
+)
+
+from dpq.kernels.tuning import SMALL_M_MAX, choose_small_split, small_m_block_k
+
+VARIANTS = ("swap", "gemv")
+VARIANT = "swap"
+"""The variant `w4a8_gemm` runs at small M (measured: docs/kernel.md)."""
+DEFAULTS = {  # variant -> (BLOCK_N, BLOCK_K, num_warps, num_stages); measured: docs/kernel.md
+    "swap": (64, 128, 4, 4),
+    "gemv": (128, 64, 4, 3),
+}
+
+
+@triton.jit
+def _x8_tile_t(x_ptr, offs_m, offs_k, m_mask, k_mask, stride_xm, stride_xk, s_x,
+               FP8_MAX: tl.constexpr, X_IS_FP8: tl.constexpr, EMULATE_FP8: tl.constexpr):
+    """x8^T tile [BK, BM] float8e4nv."""
+    x = tl.load(x_ptr + offs_k[:, None] * stride_xk + offs_m[None, :] * stride_xm,
+                mask=k_mask[:, None] & m_mask[None, :], other=0.0)
+    if X_IS_FP8:
+        return x
+    return _fp8_round(tl.math.div_rn(x.to(tl.float32), s_x), FP8_MAX, EMULATE_FP8)
+
+
+@triton.jit
+def _w8_tile(w_ptr, s_ptr, z_ptr, t, offs_n, n_mask, K, stride_wn, stride_wk, stride_sn, stride_sg,
+             stride_zn, stride_zg, GROUP_SIZE: tl.constexpr, FP8_MAX: tl.constexpr, EMULATE_FP8: tl.constexpr,
+             BLOCK_K: tl.constexpr):
+    """The FP8 weight tile [BN, BK] of K tile t: bytes [BN, BK/2] -> nibbles -> fp8((q - z) * s)."""
+    offs_b = t * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)                       # [BK/2]
+    b = tl.load(w_ptr + offs_n[:, None] * stride_wn + offs_b[None, :] * stride_wk,
+                mask=n_mask[:, None] & (offs_b[None, :] * 2 < K), other=0)         # [BN, BK/2]
+    q = tl.reshape(tl.join(b & 0xF, b >> 4), (b.shape[0], BLOCK_K))                 # column 2j: low nibble
+    g = (t * BLOCK_K) // GROUP_SIZE
+    s = tl.load(s_ptr + offs_n * stride_sn + g * stride_sg, mask=n_mask, other=0.0).to(tl.float32)
+    z = tl.load(z_ptr + offs_n * stride_zn + g * stride_zg, mask=n_mask, other=0).to(tl.float32)
+    offs_k = t * BLOCK_K + tl.arange(0, BLOCK_K)
+    w = (q.to(tl.float32) - z[:, None]) * s[:, None]                                # exact in fp32
+    return _fp8_round(tl.where(offs_k[None, :] < K, w, 0.0), FP8_MAX, EMULATE_FP8)
+
+
+@triton.jit
+def _small_m_kernel(
+    x_ptr, w_ptr, s_ptr, z_ptr, bias_ptr, sx_ptr, sw_ptr, out_ptr,
+    M, N, K,
+    stride_xm, stride_xk, stride_wn, stride_wk, stride_sn, stride_sg, stride_zn, stride_zg,
+    stride_os, stride_om, stride_on,
+    GROUP_SIZE: tl.constexpr, FP8_MAX: tl.constexpr, X_IS_FP8: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SPLIT_K: tl.constexpr, EMULATE_FP8: tl.constexpr, USE_DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """One [BLOCK_N] slice of N (all M <= BLOCK_M tokens) over this program's share of K: acc [BN, BM]."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    n_mask = offs_n < N
+    m_mask = offs_m < M
+    s_x = tl.load(sx_ptr)
+    k_tiles = tl.cdiv(K, BLOCK_K)
+    per_split = tl.cdiv(k_tiles, SPLIT_K)
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    for t in range(pid_k * per_split, tl.minimum((pid_k + 1) * per_split, k_tiles)):
+        offs_k = t * BLOCK_K + tl.arange(0, BLOCK_K)
+        x8 = _x8_tile_t(x_ptr, offs_m, offs_k, m_mask, offs_k < K, stride_xm, stride_xk, s_x,
+                        FP8_MAX, X_IS_FP8, EMULATE_FP8)                             # [BK, BM]
+        w8 = _w8_tile(w_ptr, s_ptr, z_ptr, t, offs_n, n_mask, K, stride_wn, stride_wk, stride_sn, stride_sg,
+                      stride_zn, stride_zg, GROUP_SIZE, FP8_MAX, EMULATE_FP8, BLOCK_K)  # [BN, BK]
+        if USE_DOT:
+            acc = tl.dot(w8, x8, acc, out_dtype=tl.float32, max_num_imprecise_acc=BLOCK_K)
+        else:
+            prod = w8.to(tl.float32)[:, :, None] * x8.to(tl.float32)[None, :, :]  # [BN, BK, BM], exact
+            acc += tl.sum(prod, axis=1)
+    out_mask = n_mask[:, None] & m_mask[None, :]
+    if SPLIT_K == 1:
+        y = acc * (s_x * tl.load(sw_ptr))
+        if HAS_BIAS:
+            y += tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[:, None]
+        tl.store(out_ptr + offs_n[:, None] * stride_on + offs_m[None, :] * stride_om, _to_bf16(y, EMULATE_FP8),
+                 mask=out_mask)
+    else:
+        o_ptrs = out_ptr + pid_k * stride_os + offs_n[:, None] * stride_on + offs_m[None, :] * stride_om
+        tl.store(o_ptrs, acc, mask=out_mask)
+
+
+def small_m_supported(m: int, k: int, group_size: int, block_k: int) -> bool:
+    """These kernels take M <= SMALL_M_MAX and groups that hold whole K tiles."""
+    return 0 < m <= SMALL_M_MAX and block_k >= 32 and group_size % block_k == 0 and k >= 1
+
+
+def _block_m(m: int, use_dot: bool) -> int:
+    return 16 if use_dot else triton.next_power_of_2(m)  # an FP8 dot needs 16 columns
+
+
+def small_m_gemm(x, packed, scales, zeros, sx, sw, bias, group_size, fp8_max, *, variant=None,
+                 split_k=None, block_n=None, block_k=None, num_warps=None, num_stages=None) -> torch.Tensor:
+    """y [M, N] BF16 for M <= 16 on checked inputs (see `w4a8_gemm`): x [M, K] (bf16/fp16 or
+    float8_e4m3fn), packed [N, ceil(K/2)] uint8 in any strides, scales/zeros [N, G], sx, sw 1-element
+    fp32 tensors, bias [N] or None. variant "swap" (tensor cores), "gemv" (CUDA cores) or None (VARIANT);
+    split_k None: `choose_small_split`."""
+    variant = variant or VARIANT
+    if variant not in VARIANTS:
+        raise ValueError(f"variant={variant!r}: use one of {VARIANTS}")
+    m, k = x.shape
+    n = packed.shape[0]
+    bn, bk, warps, stages = DEFAULTS[variant]
+    bn, bk = block_n or bn, block_k or min(bk, small_m_block_k(group_size) or bk)
+    if not small_m_supported(m, k, group_size, bk):
+        raise ValueError(f"small_m_gemm takes M <= {SMALL_M_MAX} and a group size that is a multiple of "
+                         f"BLOCK_K={bk}; got M={m}, group size {group_size}")
+    use_dot = variant == "swap"
+    split_k = split_k or (1 if INTERPRET else choose_small_split(n, k, bn, bk, x.device))
+    out = torch.empty(m, n, dtype=torch.bfloat16, device=x.device)
+    target = out if split_k == 1 else torch.empty(split_k, m, n, dtype=torch.float32, device=x.device)
+    bias_arg = bias if bias is not None else sx
+    grid = (triton.cdiv(n, bn), split_k)
+    _small_m_kernel[grid](
+        x, packed, scales, zeros, bias_arg, sx, sw, target, m, n, k,
+        x.stride(0), x.stride(1), packed.stride(0), packed.stride(1), scales.stride(0), scales.stride(1),
+        zeros.stride(0), zeros.stride(1), target.stride(0) if split_k > 1 else 0, target.stride(-2),
+        target.stride(-1),
+        GROUP_SIZE=group_size, FP8_MAX=fp8_max, X_IS_FP8=x.dtype == FP8_DTYPE, HAS_BIAS=bias is not None,
+        SPLIT_K=split_k, EMULATE_FP8=INTERPRET, USE_DOT=use_dot, BLOCK_M=_block_m(m, use_dot), BLOCK_N=bn,
+        BLOCK_K=bk, num_warps=num_warps or warps, num_stages=num_stages or stages)
+    if split_k > 1:
+        block = 1024
+        _splitk_reduce_kernel[(triton.cdiv(m * n, block),)](target, bias_arg, sx, sw, out, m * n, n, SPLIT_K=split_k,
+                                                            HAS_BIAS=bias is not None, EMULATE_FP8=INTERPRET,
+                                                            BLOCK=block)
+    return out
+
+
+def small_m_call(x, packed, scales, zeros, s_w, s_x, bias, group_size, fp8_max, **kwargs) -> torch.Tensor:
+    """`small_m_gemm` with s_w, s_x as floats or tensors (the benchmarks' and tests' entry)."""
+    return small_m_gemm(x, packed, scales, zeros, _scalar(s_x, x.device), _scalar(s_w, x.device), bias,
+                        group_size, fp8_max, **kwargs)
