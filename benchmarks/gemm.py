@@ -139,6 +139,7 @@ def baselines(sets, m, n, k, device):
 
 
 W4A8_VARIANTS = {  # name: (w4a8_gemm path, act_quant, checkpoint layout, note)
+    "w4a8_small": ("small", "fused", False, "small-M kernel (y^T on the tensor cores), M <= 16"),
     "w4a8_fused": ("fused", "fused", False, "fused kernel, FP8 quantize in its prologue"),
     "w4a8_separate": ("fused", "separate", False, "fused kernel after the separate quantize kernel"),
     "w4a8_dequant": ("dequant", "fused", True, "FP8 weight dequantized once, then torch._scaled_mm"),
@@ -151,7 +152,9 @@ def default_variants(m: int, layouts: bool = False) -> set:
     the whole weight for a few rows); the separate quantize kernel only below the large-M rule."""
     from dpq.kernels.triton_w4a8 import LARGE_M_THRESHOLD
 
-    out = {"w4a8_fused"} | ({"w4a8_dequant"} if m >= 64 else set())
+    from dpq.kernels.tuning import SMALL_M_MAX
+
+    out = {"w4a8_fused"} | ({"w4a8_dequant"} if m >= 64 else set()) | ({"w4a8_small"} if m <= SMALL_M_MAX else set())
     out |= {"w4a8_separate"} if m < LARGE_M_THRESHOLD else set()
     return out | ({"w4a8_fused_ckpt"} if layouts else set())
 
@@ -195,7 +198,7 @@ def bench_shape(model, name, n, k, m, device, timer, ceil, l2_bytes, variants=No
     w4_bytes = n * k // 2 + 3 * n * groups + 2 * m * k + 2 * m * n
     bytes_of = {"bf16": 2 * n * k + 2 * m * k + 2 * m * n, "fp8_scaled_mm": n * k + m * k + 2 * m * n,
                 "w4a16_int4pack": n * k // 2 + 4 * n * groups + 2 * m * k + 2 * m * n}
-    rule = "w4a8_dequant" if choose_path(m, n, k) == "dequant" else "w4a8_fused"
+    rule = "w4a8_" + choose_path(m, n, k, GROUP)
     rows = []
     timed = {**(baselines(sets, m, n, k, device) if baselines_too else {}), **ours(sets, variants)}
     for variant, (fn, note) in timed.items():

@@ -151,6 +151,7 @@ def gemm(s: Suite) -> dict:
     rows, skipped = [], []
     for m in sorted(set(main_ms) | set(sweep_ms)):
         variants = {"w4a8_fused"} | ({"w4a8_separate"} if m in main_ms and m <= 256 else set())
+        variants |= {"w4a8_small"} if m <= 16 else set()
         variants |= {"w4a8_dequant"} if m in sweep_ms else set()
         for model, layer, n, k in shapes:
             if s.left() <= 0:

@@ -37,7 +37,26 @@ def make_input(m, k, fp8_max, seed=1, dtype=torch.bfloat16):
     return x.to(dtype).to(DEVICE), s_x
 
 
-def assert_matches(y, ref, exact=not ON_GPU):
+TENSOR_CORE_ACC = 2.0**-10
+"""On a GPU, FP8 tensor-core sums (Hopper's wgmma, and cuBLASLt's FP8 GEMM behind torch._scaled_mm)
+keep fewer bits than fp32 between promotions: measured on an H200 (benchmarks/results/gpu/), such
+paths land up to ~8000 of 1M outputs outside one BF16 rounding of an fp64 product of the same FP8
+operands, all near-cancelling outputs. The bound allowed for them is this fraction of the output's
+sum of |products| (a few 2^-14 truncations per tile, with margin); a wrong code, scale or layout
+moves outputs by whole products, far more."""
+
+
+def product_magnitude(x, packed, scales, zeros, s_w, s_x, group_size, fp8_max):
+    """sum_k |x8[m, k] * w8[n, k]| * s_x * s_w: [M, N] float32 on the CPU (the scale of the sums)."""
+    from dpq.kernels.reference import dequant_weight
+    from dpq.numerics.fp8 import quantize_activation
+
+    x8 = quantize_activation(x.float().cpu(), s_x, fp8_max).abs()
+    w8 = dequant_weight(packed.cpu(), scales.cpu(), zeros.cpu(), x.shape[-1], group_size, fp8_max).abs()
+    return (x8 @ w8.t()) * (s_x * s_w)
+
+
+def assert_matches(y, ref, exact=not ON_GPU, magnitude=None):
     """y (a kernel's BF16 output) against the reference's.
 
     exact (the default under the interpreter): bit for bit. The kernel and the reference multiply
@@ -46,6 +65,9 @@ def assert_matches(y, ref, exact=not ON_GPU):
     which can change a BF16 result only where a sum lies within a few fp32 ulps of a BF16 rounding
     boundary. Measured: no output of any case differed. If one ever does, the message says how far
     it sits from the boundary.
+
+    magnitude (GPU tests of paths on FP8 tensor cores: `product_magnitude`): also allow
+    TENSOR_CORE_ACC of each output's sum of |products|.
 
     Otherwise (a GPU: the tensor cores' own accumulation order; or a path that is not exact on the
     CPU) within one BF16 rounding: the fp32 order error is ~K * 2^-24 relative to sum|products|,
@@ -62,4 +84,11 @@ def assert_matches(y, ref, exact=not ON_GPU):
                                   "apart means a summation-order tie: see assert_matches)")
         return
     atol = 1e-5 * float(ref.abs().max())
-    torch.testing.assert_close(y, ref, rtol=2**-7, atol=atol)
+    if magnitude is None:
+        torch.testing.assert_close(y, ref, rtol=2**-7, atol=atol)
+        return
+    bound = 2**-7 * ref.abs() + atol + TENSOR_CORE_ACC * magnitude.float().cpu()
+    bad = ((y - ref).abs() > bound).nonzero()
+    assert bad.numel() == 0, (f"{len(bad)} of {y.numel()} outputs outside one BF16 rounding plus the tensor cores' "
+                              f"accumulation bound, first at {bad[0].tolist()}: {y[tuple(bad[0])]} vs "
+                              f"{ref[tuple(bad[0])]} (bound {bound[tuple(bad[0])]})")

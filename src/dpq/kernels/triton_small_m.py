@@ -32,6 +32,7 @@ from dpq.kernels.triton_w4a8 import (
     _scalar,
     _splitk_reduce_kernel,
     _to_bf16,
+    quantize_fp8,
 )
 
 from dpq.kernels.tuning import SMALL_M_MAX, choose_small_split, small_m_block_k
@@ -46,31 +47,44 @@ DEFAULTS = {  # variant -> (BLOCK_N, BLOCK_K, num_warps, num_stages); measured: 
 
 
 @triton.jit
-def _x8_tile_t(x_ptr, offs_m, offs_k, m_mask, k_mask, stride_xm, stride_xk, s_x,
+def _x8_half_t(x_ptr, offs_m, offs_k, m_mask, K, stride_xm, stride_xk, s_x,
                FP8_MAX: tl.constexpr, X_IS_FP8: tl.constexpr, EMULATE_FP8: tl.constexpr):
-    """x8^T tile [BK, BM] float8e4nv."""
+    """x8^T rows offs_k (every other column of a K tile): [BK/2, BM] float8e4nv."""
     x = tl.load(x_ptr + offs_k[:, None] * stride_xk + offs_m[None, :] * stride_xm,
-                mask=k_mask[:, None] & m_mask[None, :], other=0.0)
+                mask=(offs_k < K)[:, None] & m_mask[None, :], other=0.0)
     if X_IS_FP8:
         return x
     return _fp8_round(tl.math.div_rn(x.to(tl.float32), s_x), FP8_MAX, EMULATE_FP8)
 
 
 @triton.jit
-def _w8_tile(w_ptr, s_ptr, z_ptr, t, offs_n, n_mask, K, stride_wn, stride_wk, stride_sn, stride_sg,
-             stride_zn, stride_zg, GROUP_SIZE: tl.constexpr, FP8_MAX: tl.constexpr, EMULATE_FP8: tl.constexpr,
-             BLOCK_K: tl.constexpr):
-    """The FP8 weight tile [BN, BK] of K tile t: bytes [BN, BK/2] -> nibbles -> fp8((q - z) * s)."""
+def _w8_halves(w_ptr, s_ptr, z_ptr, t, offs_n, n_mask, K, stride_wn, stride_wk, stride_sn, stride_sg,
+               stride_zn, stride_zg, GROUP_SIZE: tl.constexpr, FP8_MAX: tl.constexpr, EMULATE_FP8: tl.constexpr,
+               BLOCK_K: tl.constexpr, EVEN: tl.constexpr):
+    """The FP8 weight of K tile t as two [BN, BK/2] halves: columns 2j (low nibbles) and 2j + 1 (high).
+
+    Kept apart, not interleaved: the dot over a tile is the sum of the two halves' dots, so the
+    nibbles never move between registers. q - z without an int-to-float conversion: the code ORed
+    into the mantissa of 2^23 is the float 2^23 + q, and subtracting 2^23 + z is exact.
+    EVEN (N and K multiples of the tile): no masks."""
     offs_b = t * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)                       # [BK/2]
-    b = tl.load(w_ptr + offs_n[:, None] * stride_wn + offs_b[None, :] * stride_wk,
-                mask=n_mask[:, None] & (offs_b[None, :] * 2 < K), other=0)         # [BN, BK/2]
-    q = tl.reshape(tl.join(b & 0xF, b >> 4), (b.shape[0], BLOCK_K))                 # column 2j: low nibble
+    b_ptrs = w_ptr + offs_n[:, None] * stride_wn + offs_b[None, :] * stride_wk
     g = (t * BLOCK_K) // GROUP_SIZE
-    s = tl.load(s_ptr + offs_n * stride_sn + g * stride_sg, mask=n_mask, other=0.0).to(tl.float32)
-    z = tl.load(z_ptr + offs_n * stride_zn + g * stride_zg, mask=n_mask, other=0).to(tl.float32)
-    offs_k = t * BLOCK_K + tl.arange(0, BLOCK_K)
-    w = (q.to(tl.float32) - z[:, None]) * s[:, None]                                # exact in fp32
-    return _fp8_round(tl.where(offs_k[None, :] < K, w, 0.0), FP8_MAX, EMULATE_FP8)
+    if EVEN:
+        b = tl.load(b_ptrs)                                                           # [BN, BK/2]
+        s = tl.load(s_ptr + offs_n * stride_sn + g * stride_sg).to(tl.float32)
+        z = tl.load(z_ptr + offs_n * stride_zn + g * stride_zg).to(tl.float32)
+    else:
+        b = tl.load(b_ptrs, mask=n_mask[:, None] & (offs_b[None, :] * 2 < K), other=0)
+        s = tl.load(s_ptr + offs_n * stride_sn + g * stride_sg, mask=n_mask, other=0.0).to(tl.float32)
+        z = tl.load(z_ptr + offs_n * stride_zn + g * stride_zg, mask=n_mask, other=0).to(tl.float32)
+    b = b.to(tl.int32)
+    zz = (8388608.0 + z)[:, None]
+    lo = (((b & 0xF) | 0x4B000000).to(tl.float32, bitcast=True) - zz) * s[:, None]  # (q - z) * s, exact
+    hi = (((b >> 4) | 0x4B000000).to(tl.float32, bitcast=True) - zz) * s[:, None]
+    if not EVEN:
+        hi = tl.where((offs_b * 2 + 1 < K)[None, :], hi, 0.0)
+    return _fp8_round(lo, FP8_MAX, EMULATE_FP8), _fp8_round(hi, FP8_MAX, EMULATE_FP8)
 
 
 @triton.jit
@@ -80,7 +94,7 @@ def _small_m_kernel(
     stride_xm, stride_xk, stride_wn, stride_wk, stride_sn, stride_sg, stride_zn, stride_zg,
     stride_os, stride_om, stride_on,
     GROUP_SIZE: tl.constexpr, FP8_MAX: tl.constexpr, X_IS_FP8: tl.constexpr, HAS_BIAS: tl.constexpr,
-    SPLIT_K: tl.constexpr, EMULATE_FP8: tl.constexpr, USE_DOT: tl.constexpr,
+    SPLIT_K: tl.constexpr, EMULATE_FP8: tl.constexpr, USE_DOT: tl.constexpr, EVEN: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """One [BLOCK_N] slice of N (all M <= BLOCK_M tokens) over this program's share of K: acc [BN, BM]."""
@@ -95,16 +109,20 @@ def _small_m_kernel(
     per_split = tl.cdiv(k_tiles, SPLIT_K)
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     for t in range(pid_k * per_split, tl.minimum((pid_k + 1) * per_split, k_tiles)):
-        offs_k = t * BLOCK_K + tl.arange(0, BLOCK_K)
-        x8 = _x8_tile_t(x_ptr, offs_m, offs_k, m_mask, offs_k < K, stride_xm, stride_xk, s_x,
-                        FP8_MAX, X_IS_FP8, EMULATE_FP8)                             # [BK, BM]
-        w8 = _w8_tile(w_ptr, s_ptr, z_ptr, t, offs_n, n_mask, K, stride_wn, stride_wk, stride_sn, stride_sg,
-                      stride_zn, stride_zg, GROUP_SIZE, FP8_MAX, EMULATE_FP8, BLOCK_K)  # [BN, BK]
+        offs_even = t * BLOCK_K + 2 * tl.arange(0, BLOCK_K // 2)
+        x_lo = _x8_half_t(x_ptr, offs_m, offs_even, m_mask, K, stride_xm, stride_xk, s_x,
+                          FP8_MAX, X_IS_FP8, EMULATE_FP8)                            # [BK/2, BM]
+        x_hi = _x8_half_t(x_ptr, offs_m, offs_even + 1, m_mask, K, stride_xm, stride_xk, s_x,
+                          FP8_MAX, X_IS_FP8, EMULATE_FP8)
+        w_lo, w_hi = _w8_halves(w_ptr, s_ptr, z_ptr, t, offs_n, n_mask, K, stride_wn, stride_wk, stride_sn,
+                                stride_sg, stride_zn, stride_zg, GROUP_SIZE, FP8_MAX, EMULATE_FP8, BLOCK_K,
+                                EVEN)                                                # [BN, BK/2] each
         if USE_DOT:
-            acc = tl.dot(w8, x8, acc, out_dtype=tl.float32, max_num_imprecise_acc=BLOCK_K)
-        else:
-            prod = w8.to(tl.float32)[:, :, None] * x8.to(tl.float32)[None, :, :]  # [BN, BK, BM], exact
-            acc += tl.sum(prod, axis=1)
+            acc = tl.dot(w_lo, x_lo, acc, out_dtype=tl.float32, max_num_imprecise_acc=BLOCK_K // 2)
+            acc = tl.dot(w_hi, x_hi, acc, out_dtype=tl.float32, max_num_imprecise_acc=BLOCK_K // 2)
+        else:  # products of two E4M3 values are exact in fp32
+            acc += tl.sum(w_lo.to(tl.float32)[:, :, None] * x_lo.to(tl.float32)[None, :, :], axis=1)
+            acc += tl.sum(w_hi.to(tl.float32)[:, :, None] * x_hi.to(tl.float32)[None, :, :], axis=1)
     out_mask = n_mask[:, None] & m_mask[None, :]
     if SPLIT_K == 1:
         y = acc * (s_x * tl.load(sw_ptr))
@@ -143,6 +161,8 @@ def small_m_gemm(x, packed, scales, zeros, sx, sw, bias, group_size, fp8_max, *,
         raise ValueError(f"small_m_gemm takes M <= {SMALL_M_MAX} and a group size that is a multiple of "
                          f"BLOCK_K={bk}; got M={m}, group size {group_size}")
     use_dot = variant == "swap"
+    if x.dtype != FP8_DTYPE:  # once, not in every program that reads the tile (measured: docs/kernel.md)
+        x = quantize_fp8(x, sx, fp8_max)
     split_k = split_k or (1 if INTERPRET else choose_small_split(n, k, bn, bk, x.device))
     out = torch.empty(m, n, dtype=torch.bfloat16, device=x.device)
     target = out if split_k == 1 else torch.empty(split_k, m, n, dtype=torch.float32, device=x.device)
@@ -154,7 +174,7 @@ def small_m_gemm(x, packed, scales, zeros, sx, sw, bias, group_size, fp8_max, *,
         zeros.stride(0), zeros.stride(1), target.stride(0) if split_k > 1 else 0, target.stride(-2),
         target.stride(-1),
         GROUP_SIZE=group_size, FP8_MAX=fp8_max, X_IS_FP8=x.dtype == FP8_DTYPE, HAS_BIAS=bias is not None,
-        SPLIT_K=split_k, EMULATE_FP8=INTERPRET, USE_DOT=use_dot, BLOCK_M=_block_m(m, use_dot), BLOCK_N=bn,
+        SPLIT_K=split_k, EMULATE_FP8=INTERPRET, USE_DOT=use_dot, EVEN=n % bn == 0 and k % bk == 0, BLOCK_M=_block_m(m, use_dot), BLOCK_N=bn,
         BLOCK_K=bk, num_warps=num_warps or warps, num_stages=num_stages or stages)
     if split_k > 1:
         block = 1024

@@ -23,7 +23,8 @@ kernel therefore rounds onto the E4M3 grid in fp32 arithmetic first
 unpacking, masks, split-K, the epilogue - is the same code on both paths. On
 a GPU the cast is the hardware's RNE saturating conversion.
 
-Paths. `w4a8_gemm` runs this file's fused kernel below M = LARGE_M_THRESHOLD and, from there on
+Paths. `w4a8_gemm` runs the small-M kernel (triton_small_m.py) at M <= 16, this file's fused
+kernel below M = LARGE_M_THRESHOLD and, from there on
 (N, K multiples of 16), the large-M path of triton_dequant.py: the FP8 weight dequantized once per
 call, then torch._scaled_mm (`choose_path`). Configs: CONFIG_CLASSES, checked to compile without
 spills for sm_89/90/100 by tests/kernels/test_compile.py (docs/kernel.md).
@@ -50,15 +51,20 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 """Read when this module is imported, like triton.jit itself does."""
 ACT_MODES = ("fused", "separate")
 PATHS = ("auto", "small", "fused", "dequant")
-LARGE_M_THRESHOLD = 1024
-"""`choose_path` runs M >= this on the dequantize + torch._scaled_mm path (triton_dequant.py). The
-issue's value, not measured yet: benchmarks/gpu_suite.py times both paths over M on a GPU to set it."""
+LARGE_M_THRESHOLD = 256
+"""`choose_path` runs M >= this on the dequantize + torch._scaled_mm path (triton_dequant.py).
+Measured on an H200 (benchmarks/results/gpu/): from M = 256 on, the dequantize path beat the
+fused kernel on every Llama-3-8B shape at every larger M (1.1x to 10x)."""
 
 
 @triton.jit
 def _fp8_round(v, FP8_MAX: tl.constexpr, EMULATE_FP8: tl.constexpr):
-    """fp32 block -> float8e4nv block: clamp to +-F, round to nearest even on the E4M3 grid."""
-    v = tl.minimum(tl.maximum(v, -FP8_MAX), FP8_MAX)
+    """fp32 block -> float8e4nv block: clamp to +-F, round to nearest even on the E4M3 grid.
+
+    On a GPU at F = 448 the clamp is the cast's own saturation (cvt.rn.satfinite: +-inf and
+    anything past 448 become +-448; NaN stays NaN, as in the reference), so it is left out."""
+    if EMULATE_FP8 or FP8_MAX != 448.0:
+        v = tl.minimum(tl.maximum(v, -FP8_MAX), FP8_MAX)
     if EMULATE_FP8:
         bits = v.to(tl.int32, bitcast=True)
         # normals (|v| >= 2^-6): keep 3 of fp32's 23 mantissa bits, RNE, carry into the exponent

@@ -89,9 +89,10 @@ def small_m_block_k(group_size: int) -> int:
 
 
 def choose_small_split(n: int, k: int, block_n: int, block_k: int, device: torch.device) -> int:
-    """Split K until the small-M grid has two programs per SM, keeping at least 4 K tiles per split."""
+    """Split K until the small-M grid has eight programs per SM, keeping at least 4 K tiles per split
+    (measured on an H200 at Llama-3-8B shapes: split 8 fastest for N <= 6144, 4 for N = 28672)."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
     tiles, k_tiles, split = triton.cdiv(n, block_n), triton.cdiv(k, block_k), 1
-    while split < 16 and tiles * split < 2 * sms and k_tiles // (split * 2) >= 4:
+    while split < 16 and tiles * split < 8 * sms and k_tiles // (split * 2) >= 4:
         split *= 2
     return split
