@@ -51,8 +51,8 @@ def product_magnitude(x, packed, scales, zeros, s_w, s_x, group_size, fp8_max):
     from dpq.kernels.reference import dequant_weight
     from dpq.numerics.fp8 import quantize_activation
 
-    x8 = quantize_activation(x.float().cpu(), s_x, fp8_max).abs()
-    w8 = dequant_weight(packed.cpu(), scales.cpu(), zeros.cpu(), x.shape[-1], group_size, fp8_max).abs()
+    x8 = quantize_activation(x.float().cpu(), s_x, fp8_max).float().abs()
+    w8 = dequant_weight(packed.cpu(), scales.cpu(), zeros.cpu(), x.shape[-1], group_size, fp8_max).float().abs()
     return (x8 @ w8.t()) * (s_x * s_w)
 
 

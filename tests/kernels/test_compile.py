@@ -21,7 +21,7 @@ UNALIGNED_SPILL = 64
 
 @pytest.fixture(scope="module")
 def results():
-    return aot.compile_jobs(aot.gemm_jobs() + aot.helper_jobs())
+    return aot.compile_jobs(aot.gemm_jobs() + aot.helper_jobs() + aot.small_m_jobs())
 
 
 def _name(r) -> str:

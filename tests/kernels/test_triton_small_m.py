@@ -63,3 +63,13 @@ def test_gpu_small_m_llama_shape(variant, m):
     y = sm.small_m_call(x.cuda(), packed, scales, zeros, s_w, s_x, b, 128, 448.0, variant=variant, split_k=2)
     assert_matches(y, w4a8_linear(x.cuda(), packed, scales, zeros, s_w, s_x, b, 128, 448.0),
                    magnitude=product_magnitude(x, packed, scales, zeros, s_w, s_x, 128, 448.0))
+
+
+def test_product_magnitude_bounds_the_reference():
+    # the GPU tests' accumulation bound is built on this helper: it must run on CPU tensors and bound |y|
+    packed, scales, zeros, s_w, _ = make_layer(48, 256, 128, False, 448.0, False, seed=3)
+    x, s_x = make_input(5, 256, 448.0, seed=4)
+    mag = product_magnitude(x, packed, scales, zeros, s_w, s_x, 128, 448.0)
+    ref = w4a8_linear(x, packed, scales, zeros, s_w, s_x, None, 128, 448.0).float()
+    assert mag.shape == ref.shape and mag.dtype == ref.dtype
+    assert (ref.abs() <= mag * (1 + 2**-7) + 1e-6).all() and float(mag.min()) > 0

@@ -35,15 +35,16 @@ from dpq.kernels.tuning import _config, block_k_for_group, gpu_configs, m_bucket
 TARGETS = {"sm_89": 89, "sm_90": 90, "sm_100": 100}
 SHARED_LIMIT = {89: 101376, 90: 232448, 100: 232448}
 """Shared memory a block may use (bytes, the opt-in maximum): 99 KiB on Ada, 227 KiB on Hopper and B200."""
-KERNELS = ("gemm", "splitk_reduce", "quantize", "dequant")
+KERNELS = ("gemm", "splitk_reduce", "quantize", "dequant", "small_m")
 
 
 def _kernel(name: str):
     """The @triton.jit function behind a job's kernel name (imported in the compiling process)."""
-    from dpq.kernels import triton_dequant, triton_w4a8  # noqa: PLC0415
+    from dpq.kernels import triton_dequant, triton_small_m, triton_w4a8  # noqa: PLC0415
 
     return {"gemm": triton_w4a8._w4a8_gemm_kernel, "splitk_reduce": triton_w4a8._splitk_reduce_kernel,
-            "quantize": triton_w4a8._quantize_kernel, "dequant": triton_dequant._dequant_fp8_kernel}[name]
+            "quantize": triton_w4a8._quantize_kernel, "dequant": triton_dequant._dequant_fp8_kernel,
+            "small_m": triton_small_m._small_m_kernel}[name]
 
 
 def specialize(arg_names: list[str], args: dict, constexprs: dict) -> tuple[dict, dict, dict]:
@@ -236,6 +237,36 @@ def helper_jobs(targets=TARGETS.values()) -> list[dict]:
                                        stride_wn=k // 2, stride_wk=1, stride_sn=k // g, stride_sg=1,
                                        stride_zn=k // g, stride_zg=1, stride_on=k)))
     return jobs
+
+
+def small_m_jobs(targets=TARGETS.values()) -> list[dict]:
+    """The small-M kernel as `small_m_gemm` launches it: each variant's default tile, M = 1 and 16, split-K
+    8 on the repacked layout (N-contiguous) with FP8 x, and an uneven shape (masks) with BF16 x and bias."""
+    from dpq.kernels.triton_small_m import DEFAULTS  # noqa: PLC0415
+
+    n, k = LLAMA_O
+    jobs = []
+    for cc in targets:
+        for variant, (bn, bk, warps, stages) in DEFAULTS.items():
+            for m, even in ((1, True), (16, True), (3, False)):
+                if variant == "gemv" and m > 4:
+                    continue
+                nn, kk, split = (n, k, 8) if even else (n - 8, k - 64, 1)
+                args = dict(x_ptr="*fp8e4nv" if even else "*bf16", w_ptr="*u8", s_ptr="*bf16", z_ptr="*u8",
+                            bias_ptr="*fp32" if even else "*bf16", sx_ptr="*fp32", sw_ptr="*fp32",
+                            out_ptr="*fp32" if split > 1 else "*bf16", M=m, N=nn, K=kk, stride_xm=kk, stride_xk=1,
+                            stride_wn=1, stride_wk=nn, stride_sn=1, stride_sg=nn, stride_zn=1, stride_zg=nn,
+                            stride_os=m * nn if split > 1 else 0, stride_om=nn, stride_on=1)
+                consts = dict(GROUP_SIZE=128, FP8_MAX=448.0, X_IS_FP8=even, HAS_BIAS=not even, SPLIT_K=split,
+                              EMULATE_FP8=False, USE_DOT=variant == "swap", EVEN=even,
+                              BLOCK_M=16 if variant == "swap" else triton_next_pow2(m), BLOCK_N=bn, BLOCK_K=bk)
+                jobs.append(dict(kernel="small_m", cc=cc, label=f"{variant} M={m}{'' if even else ' uneven'}",
+                                 num_warps=warps, num_stages=stages, constexprs=consts, args=args))
+    return jobs
+
+
+def triton_next_pow2(m: int) -> int:
+    return 1 << max(0, (m - 1).bit_length())
 
 
 if __name__ == "__main__":
