@@ -103,7 +103,7 @@ def accuracy(dev, dry) -> dict:
     from dpq.kernels import triton_small_m as sm
     from dpq.kernels import triton_w4a8 as tk
     from dpq.kernels.reference import dequant_weight, w4a8_linear
-    from dpq.numerics.fp8 import FP8_DTYPE, quantize_activation
+    from dpq.numerics.fp8 import quantize_activation
 
     n, k, g = (64, 256, 128) if dry else (1024, 4096, 128)
     packed, scales, zeros, s_w, b = make_layer(n, k, g, False, 448.0, True, seed=11, device="cpu")
@@ -208,7 +208,7 @@ def sweep(dev, dry, t0, budget) -> list:
                                      gbps=(n * k // 2 + n * k // 128 * 3) / ms / 1e6))
                 except Exception as e:  # noqa: BLE001
                     rows.append(dict(layer=name, M=m, variant=key, error=f"{type(e).__name__}: {str(e)[:160]}"))
-            del S
+            S = None  # free the sets before the next shape
     return rows
 
 
