@@ -13,6 +13,7 @@ every F of that model. The targets, checked per (model, F) where the needed meth
              the change is paired, example by example, with its standard error, where both
              runs logged per-example results on the same examples)
 
+The thresholds live in src/dpq/eval/targets.toml ([paper]; `dpq.eval.targets.check_paper`).
 A missing method or result makes a target "not measured", never a pass. Perplexities are compared
 only on the same windows: a target uses the most windows that all its methods were measured on.
 """
@@ -26,22 +27,13 @@ from pathlib import Path
 from dpq.eval.report import paired_average_difference
 from dpq.eval.report import to_markdown as report_markdown
 from dpq.eval.run import task_average
+from dpq.eval.targets import FLOAT, W4A8, _windows_used, check_paper
 from dpq.eval.tasks import TASKS
 
-FLOAT = "bf16"
-W4A8 = ("rtn-w4a8", "naive-w4a8", "dpq", "dpq-gar")
 
 
 def _fp8_max(result: dict) -> float | None:
     return (result.get("quant_kwargs") or {}).get("fp8_max")
-
-
-def _windows_used(windows) -> int:
-    """How many perplexity windows a label names ("16/142" -> 16; a full run counts all)."""
-    try:
-        return int(str(windows).split("/")[0])
-    except ValueError:
-        return 0
 
 
 def merged(results: list[dict]) -> dict[tuple, dict]:
@@ -129,49 +121,10 @@ def rows(results: list[dict]) -> list[dict]:
     return out
 
 
-def _get(table: list[dict], model: str, f, method: str) -> dict | None:
-    for r in table:
-        if r["model"] == model and r["method"] == method and r["fp8_max"] == (f if method in W4A8 else None):
-            return r
-    return None
-
-
 def check(table: list[dict]) -> list[dict]:
-    """The targets of the module doc, per (model, F)."""
-    out = []
-    for model, f in sorted({(r["model"], r["fp8_max"]) for r in table if r["fp8_max"] is not None}):
-        def ppl(methods, model=model, f=f):
-            """The methods' perplexities on the most windows they all share, and that window label."""
-            found = [_get(table, model, f, m) for m in methods]
-            if any(r is None for r in found):
-                return [None] * len(methods), None
-            shared = set.intersection(*(set(r["ppl_by_windows"]) for r in found))
-            if not shared:
-                return [None] * len(methods), None
-            w = max(shared, key=_windows_used)
-            return [r["ppl_by_windows"][w] for r in found], w
-
-        (dg, naive, rtn), order_windows = ppl(["dpq-gar", "naive-w4a8", "rtn-w4a8"])
-        (base, gptq, dg_r), ratio_windows = ppl([FLOAT, "gptq-w4a16", "dpq-gar"])
-        order = None if None in (dg, naive, rtn) else dg < naive < rtn
-        ratio = None if None in (base, gptq, dg_r) or gptq == base else (dg_r - base) / (gptq - base)
-        fl, q = _get(table, model, f, FLOAT), _get(table, model, f, "dpq-gar")
-        acc = se = None
-        if q and q["avg_delta_paired"] is not None:
-            acc, se = 100 * q["avg_delta_paired"], 100 * q["avg_delta_stderr"]
-        elif fl and q and fl["average"] is not None and q["average"] is not None:
-            acc = 100 * (q["average"] - fl["average"])
-        out.append({
-            "model": model, "fp8_max": f,
-            "ordering": {"holds": order, "windows": order_windows,
-                         "ppl": {"dpq-gar": dg, "naive-w4a8": naive, "rtn-w4a8": rtn}},
-            "ppl_ratio": {"value": ratio, "target": 1.1, "holds": None if ratio is None else ratio <= 1.1,
-                          "windows": ratio_windows},
-            "accuracy": {"delta_points": acc, "paired_stderr_points": se,
-                         "holds": None if acc is None else abs(acc) <= 1.0,
-                         "limit": None if q is None else q["limit"]},
-        })
-    return out
+    """The targets of the module doc, per (model, F): `dpq.eval.targets.check_paper` with the
+    thresholds of src/dpq/eval/targets.toml."""
+    return check_paper(table)
 
 
 def _fmt(x, nd=3):

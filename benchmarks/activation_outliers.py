@@ -20,7 +20,8 @@ import torch
 
 from dpq.io.data import calibration_batches
 from dpq.models.loading import load_float_model
-from dpq.models.specs import get_submodule, spec_for
+from dpq.models.linear_inputs import decoder, flat_float, watch_model_linears
+from dpq.models.specs import spec_for
 
 
 def outliers(model, ids: torch.Tensor) -> dict[str, dict]:
@@ -28,32 +29,21 @@ def outliers(model, ids: torch.Tensor) -> dict[str, dict]:
     spec = spec_for(model.config)
     stats: dict[str, dict] = {}
 
-    def hook(name):
-        def fn(_m, inputs, _out):
-            x = inputs[0].detach().float().reshape(-1, inputs[0].shape[-1])
-            energy = (x * x).sum(1)
-            k = max(1, energy.numel() // 1000)
-            top = energy.topk(k)
-            stats[name] = {
-                "share": float(top.values.sum() / energy.sum()),
-                "max_abs": float(x.abs().max()),
-                "at_position_0": int(((top.indices % ids.shape[1]) == 0).sum()),
-                "top_tokens": k,
-            }
+    def on_input(i, name, x):
+        x = flat_float(x)
+        energy = (x * x).sum(1)
+        k = max(1, energy.numel() // 1000)
+        top = energy.topk(k)
+        stats[f"{spec.layers}.{i}.{name}"] = {
+            "share": float(top.values.sum() / energy.sum()),
+            "max_abs": float(x.abs().max()),
+            "at_position_0": int(((top.indices % ids.shape[1]) == 0).sum()),
+            "top_tokens": k,
+        }
 
-        return fn
-
-    handles = []
-    for i, layer in enumerate(get_submodule(model, spec.layers)):
-        for group in spec.sequence:
-            name = group[0]  # the Linears of a set share their input
-            handles.append(get_submodule(layer, name).register_forward_hook(hook(f"{spec.layers}.{i}.{name}")))
-    try:
-        with torch.no_grad():
-            get_submodule(model, spec.layers.rpartition(".")[0])(input_ids=ids)  # the decoder, no lm_head
-    finally:
-        for h in handles:
-            h.remove()
+    # one Linear per set: the Linears of a set share their input
+    with watch_model_linears(model, on_input, first_of_set=True), torch.no_grad():
+        decoder(model)(input_ids=ids)  # the decoder, no lm_head
     return stats
 
 

@@ -13,6 +13,6 @@ OUT=benchmarks/results/beyond-the-paper/protocol_${short}_f${F}_seed${SEED}_${ME
 mkdir -p logs "$(dirname "$CK")"
 if [ ! -f "$CK/config.json" ]; then
   /usr/bin/time -v $DPQ --threads ${THREADS:-2} quantize "$M" --method "$METHOD" --calib-samples ${SAMPLES:-32} \
-    --seq-len 2048 --group-size 128 --fp8-max "$F" --seed "$SEED" --out "$CK" "$@" > "$OUT.quantize.log" 2>&1 || exit 1
+    --calib-seq-len 2048 --group-size 128 --fp8-max "$F" --seed "$SEED" --out "$CK" "$@" > "logs/$(basename "$OUT").quantize.log" 2>&1 || exit 1
 fi
-$DPQ --threads ${THREADS:-2} eval "$CK" --max-windows 16 --json "$OUT.ppl16.json" > "$OUT.eval.log" 2>&1
+$DPQ --threads ${THREADS:-2} eval "$CK" --max-windows 16 --json "$OUT.ppl16.json" > "logs/$(basename "$OUT").eval.log" 2>&1

@@ -28,6 +28,7 @@ from dpq.algorithms import hessian_from_inputs, solve
 from dpq.config import QuantConfig
 from dpq.io.data import calibration_batches
 from dpq.models.loading import load_float_model
+from dpq.models.linear_inputs import decoder, flat_float, watch_model_linears
 from dpq.models.set_inputs import token_weights
 from dpq.models.smoothing import SAMPLE_TOKENS, sample_tokens, search_scales
 from dpq.numerics.fp8 import quantize_activation
@@ -61,13 +62,15 @@ def main() -> None:
     held = calibration_batches(tok, "wikitext2", 4, a.seq_len, 1)
     store = {"c": {}, "h": {}}
     mode = ["c"]
-    for li in LAYERS:
-        model.model.layers[li].mlp.down_proj.register_forward_hook(
-            lambda _m, i, _o, li=li: store[mode[0]].setdefault(li, []).append(i[0].detach().reshape(-1, i[0].shape[-1])))
-    with torch.no_grad():
-        model.model(input_ids=cal)
+
+    def on_input(li, name, x):
+        if name == "mlp.down_proj":
+            store[mode[0]].setdefault(li, []).append(flat_float(x))
+
+    with watch_model_linears(model, on_input, layers=LAYERS, first_of_set=True), torch.no_grad():
+        decoder(model)(input_ids=cal)
         mode[0] = "h"
-        model.model(input_ids=held)
+        decoder(model)(input_ids=held)
     rows = []
     cfg = QuantConfig.for_method("dpq-gar")
     for li in LAYERS:

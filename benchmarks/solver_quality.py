@@ -1,7 +1,7 @@
 """Layer-level quality of every solver on real decoder layers.
 
 For each model, the first, middle and last decoder layers: every Linear's real
-inputs are captured with forward hooks while the float model runs over
+inputs are captured (`dpq.models.linear_inputs`) while the float model runs over
 calibration windows of WikiText-2 *validation* text. The calibration windows
 build the Hessians (and the static max-abs FP8 activation scale of each Linear);
 a second, disjoint-seed set of windows is kept as held-out inputs X.
@@ -51,7 +51,8 @@ from dpq.config import QuantConfig
 from dpq.io.data import calibration_batches
 from dpq.models.loading import load_float_model
 from dpq.models.smoothing import SAMPLE_TOKENS, kv_tie, sample_tokens, search_scales
-from dpq.models.specs import spec_for
+from dpq.models.linear_inputs import decoder, flat_float, watch_model_linears
+from dpq.models.specs import get_submodule, spec_for
 from dpq.numerics.fp8 import quantize_activation
 
 METHODS = {
@@ -79,44 +80,33 @@ OPTION_ROWS = {  # label: (for_method options, deployed H, asym alpha, smoothing
 }
 
 
-def decoder_layers(model) -> torch.nn.ModuleList:
-    """The decoder blocks of a Llama/Gemma-style causal LM (model.model.layers)."""
-    return model.model.layers
-
-
 @torch.no_grad()
 def capture(model, layer_ids, calib: torch.Tensor, held: torch.Tensor, batch: int, keep_calib: bool = False):
     """Run the model; per Linear: Hessian, calibration max|x| and held-out inputs [T, K]
     (and the calibration inputs with keep_calib)."""
-    layers = decoder_layers(model)
     stats, mode = {}, {"phase": "calib"}
-    hooks = []
+    blocks = get_submodule(model, spec_for(model.config).layers)
     for li in layer_ids:
-        for name, mod in layers[li].named_modules():
-            if isinstance(mod, torch.nn.Linear):
-                key = f"layers.{li}.{name}"
-                stats[key] = {"acc": HessianAccumulator(mod.in_features, key), "amax": 0.0, "held": [], "mod": mod}
+        for name in spec_for(model.config).linears:
+            mod = get_submodule(blocks[li], name)
+            stats[f"layers.{li}.{name}"] = {"acc": HessianAccumulator(mod.in_features, f"layers.{li}.{name}"),
+                                            "amax": 0.0, "held": [], "mod": mod}
 
-                def hook(m, inp, out, key=key):
-                    x = inp[0].detach().float().reshape(-1, inp[0].shape[-1])
-                    st = stats[key]
-                    if mode["phase"] == "calib":
-                        st["acc"].add(x)
-                        st["amax"] = max(st["amax"], float(x.abs().max()))
-                        if keep_calib:
-                            st.setdefault("calib", []).append(x.clone())
-                    else:
-                        st["held"].append(x.clone())
+    def on_input(li, name, x):
+        x, st = flat_float(x), stats[f"layers.{li}.{name}"]
+        if mode["phase"] == "calib":
+            st["acc"].add(x)
+            st["amax"] = max(st["amax"], float(x.abs().max()))
+            if keep_calib:
+                st.setdefault("calib", []).append(x.clone())
+        else:
+            st["held"].append(x.clone())
 
-                hooks.append(mod.register_forward_hook(hook))
-    try:
+    with watch_model_linears(model, on_input, layers=layer_ids):
         for phase, ids in (("calib", calib), ("held", held)):
             mode["phase"] = phase
             for i in range(0, ids.shape[0], batch):
-                model.model(input_ids=ids[i : i + batch])  # the decoder only: no lm_head / logits
-    finally:
-        for h in hooks:
-            h.remove()
+                decoder(model)(input_ids=ids[i : i + batch])  # the decoder only: no lm_head / logits
     return stats
 
 
@@ -125,7 +115,7 @@ def run_model(model_name: str, args) -> list[dict]:
     model, tok, _ = load_float_model(model_name)
     calib = calibration_batches(tok, "wikitext2", args.samples, args.seq_len, seed=0)
     held = calibration_batches(tok, "wikitext2", args.held_samples, args.seq_len, seed=1)
-    n = len(decoder_layers(model))
+    n = len(get_submodule(model, spec_for(model.config).layers))
     layer_ids = sorted({0, n // 2, n - 1})
     stats = capture(model, layer_ids, calib, held, args.batch, keep_calib=args.options)
     print(f"[{model_name}] captured {len(stats)} Linears of layers {layer_ids} in {time.perf_counter() - t0:.0f}s")

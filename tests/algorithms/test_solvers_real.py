@@ -8,6 +8,8 @@ import torch
 from dpq.algorithms import HessianAccumulator, relative_output_error, solve
 from dpq.config import QuantConfig
 from dpq.io.data import calibration_batches
+from dpq.models.linear_inputs import flat_float, watch_model_linears
+from dpq.models.specs import get_submodule, spec_for
 
 LAYERS = (0, 15)
 
@@ -17,27 +19,22 @@ def real_layers(smollm2):
     """{name: (W [N, K], H [K, K], X [T, K], s_x)} for every Linear of decoder layers 0 and 15."""
     model, tok = smollm2
     ids = calibration_batches(tok, "wikitext2", samples=8, seq_len=256, seed=0)
-    acc, xs, hooks = {}, {}, []
+    acc, xs = {}, {}
+    blocks = model.model.layers
     for li in LAYERS:
-        for name, mod in model.model.layers[li].named_modules():
-            if isinstance(mod, torch.nn.Linear):
-                key = f"layers.{li}.{name}"
-                acc[key] = (HessianAccumulator(mod.in_features, key), mod)
-                xs[key] = []
+        for name in spec_for(model.config).linears:
+            mod = get_submodule(blocks[li], name)
+            acc[f"layers.{li}.{name}"] = (HessianAccumulator(mod.in_features, f"layers.{li}.{name}"), mod)
+            xs[f"layers.{li}.{name}"] = []
 
-                def hook(m, inp, out, key=key):
-                    x = inp[0].detach().float().reshape(-1, inp[0].shape[-1])
-                    acc[key][0].add(x)
-                    xs[key].append(x)
+    def on_input(li, name, x):
+        x = flat_float(x)
+        acc[f"layers.{li}.{name}"][0].add(x)
+        xs[f"layers.{li}.{name}"].append(x)
 
-                hooks.append(mod.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            for i in range(0, ids.shape[0], 4):
-                model(input_ids=ids[i : i + 4])
-    finally:
-        for h in hooks:
-            h.remove()
+    with watch_model_linears(model, on_input, layers=LAYERS), torch.no_grad():
+        for i in range(0, ids.shape[0], 4):
+            model(input_ids=ids[i : i + 4])
     out = {}
     for key, (a, mod) in acc.items():
         x = torch.cat(xs[key])

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import torch
 
 from dpq.models.capture import run_layer
-from dpq.models.specs import ArchSpec, get_submodule
+from dpq.models.linear_inputs import watch_layer_linears
+from dpq.models.specs import ArchSpec
 
 
 @dataclass
@@ -33,15 +34,8 @@ class FloatLayerRecord:
 
 def run_float_layer(layer, spec: ArchSpec, hidden: list[torch.Tensor], kwargs, index: int, device) -> FloatLayerRecord:
     """Run the (still float) decoder layer over the float hidden states, recording every set's input."""
-    inputs: list[list[torch.Tensor]] = [[] for _ in spec.sequence]
-    handles = []
-    for j, names in enumerate(spec.sequence):
-        def hook(_mod, args, _out, j=j):
-            inputs[j].append(args[0].detach().cpu())
-        handles.append(get_submodule(layer, names[0]).register_forward_hook(hook))
-    try:
+    firsts = [names[0] for names in spec.sequence]
+    inputs: list[list[torch.Tensor]] = [[] for _ in firsts]
+    with watch_layer_linears(layer, firsts, lambda _i, name, x: inputs[firsts.index(name)].append(x.detach().cpu())):
         outs = run_layer(layer, hidden, kwargs, index, device)
-    finally:
-        for h in handles:
-            h.remove()
     return FloatLayerRecord(outs, inputs)
