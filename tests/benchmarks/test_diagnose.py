@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from dpq.eval import diagnose as LD
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "diagnose.py"
 spec = importlib.util.spec_from_file_location("diagnose", SCRIPT)
 D = importlib.util.module_from_spec(spec)
@@ -129,7 +131,7 @@ def test_weights_only_applies_s_w_once_for_vllm_checkpoints():
     assert lin.dynamic_act and float(lin.weight_scale) < 2 ** -6
     m = D.build("weights-only", quantized, float_model)
     swapped = m.model.layers[0].mlp.down_proj
-    assert isinstance(swapped, D._FloatActs)
+    assert isinstance(swapped, LD._FloatActs)
     scales = lin.scales.float() * lin.weight_scale.float()
     want_w = vllm_w4afp8.effective_weight(unpack_int4(lin.weight, 256), scales, 128)
     x = torch.randn(3, 256)
@@ -143,7 +145,7 @@ def test_acts_only_quantizes_vllm_activations_per_token():
 
     float_model, quantized = _vllm_pair()
     m = D.build("acts-only", quantized, float_model)
-    swapped = [mod for mod in m.modules() if isinstance(mod, D._FP8Acts)]
+    swapped = [mod for mod in m.modules() if isinstance(mod, LD._FP8Acts)]
     assert len(swapped) == 14 and all(mod.s_x is None for mod in swapped)
     lin = swapped[0]
     x = torch.randn(2, 3, 128)
