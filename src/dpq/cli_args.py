@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -132,12 +131,10 @@ def _eval_kwargs(a) -> dict:
 
 
 def _write_json(path: str | None, obj, quiet: bool = False) -> None:
+    """The --json output, through `dpq.io.jsonfile.write_json_atomic`; says where it went."""
     if path:
-        from pathlib import Path  # noqa: PLC0415
+        from dpq.io.jsonfile import write_json_atomic  # noqa: PLC0415
 
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(str(path) + ".tmp")
-        tmp.write_text(json.dumps(obj, indent=2, default=str))
-        tmp.replace(path)
+        write_json_atomic(path, obj)
         if not quiet:
             print(f"wrote {path}")

@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from dpq.io.jsonfile import write_json_atomic
+
 STATE = "state.json"
 
 
@@ -50,10 +52,7 @@ def read_state(root: Path) -> dict | None:
 
 def write_state(root: Path, state: dict) -> None:
     """Replace state.json atomically."""
-    f = Path(root) / STATE
-    tmp = f.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=1, default=str), encoding="utf-8")
-    os.replace(tmp, f)
+    write_json_atomic(Path(root) / STATE, state, indent=1)
 
 
 def inputs_dir(root: Path, layer: int) -> Path:
