@@ -23,6 +23,7 @@ from dpq.cli_args import (  # noqa: F401 - argument types and option groups
     _write_json,
 )
 from dpq.config import METHODS, ActSpec, CalibSpec, ConfigError, QuantConfig
+from dpq.numerics.fp8 import E4M3FN_MAX
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -62,7 +63,7 @@ def _quant_options(p) -> None:
                         "for setting selection (dpq eval --ppl wikitext2-heldout)")
     p.add_argument("--group-size", type=int, default=128, help="input channels per group; -1 = per-channel")
     p.add_argument("--sym", action="store_true", help="symmetric INT4 (zero point 8)")
-    p.add_argument("--fp8-max", type=float, default=448.0,
+    p.add_argument("--fp8-max", type=float, default=E4M3FN_MAX,
                    help="FP8 range F, an E4M3 value: 448 (E4M3FN) or 240 (Gaudi 2)")
     p.add_argument("--act-scale", default="maxabs", choices=["maxabs", "percentile", "mse"])
     p.add_argument("--group-params", default="updated", choices=["updated", "frozen"],
