@@ -26,7 +26,8 @@ from safetensors import SafetensorError, safe_open
 
 import dpq
 from dpq.config import FORMAT_VERSION, READABLE_FORMAT_VERSIONS, ConfigError, QuantConfig
-from dpq.io.shards import SINGLE_FILE, shard_files
+from dpq.io.shards import INDEX_FILE as INDEX
+from dpq.io.shards import SINGLE_FILE, ShardError, shard_files
 from dpq.io.writer import MANIFEST, TOKENIZER_PROBE  # noqa: F401 - part of this module's interface
 from dpq.numerics.int4 import num_groups, storage_dtype
 
@@ -146,19 +147,22 @@ V1_CODES = "qweight"
 """Version 1's name of the packed codes (version 2: `weight`)."""
 
 
-def weight_files(path: Path) -> list[str]:
-    """The checkpoint's safetensors files: the shards its index names, or model.safetensors."""
-    files = shard_files(Path(path))
-    if not files:
-        raise CheckpointError(f"{Path(path) / WEIGHTS} is missing")
-    return files
+def weight_files(path: Path) -> list[Path]:
+    """The safetensors files of a checkpoint: the shards model.safetensors.index.json names, or model.safetensors."""
+    path = Path(path)
+    try:
+        names = shard_files(path)
+    except ShardError as e:
+        raise CheckpointError(f"{e}: the checkpoint is corrupted") from e
+    if names:
+        return [path / n for n in names]
+    raise CheckpointError(f"{path} has neither {WEIGHTS} nor {INDEX}: the checkpoint has no weights")
 
 
 def read_tensors(path: Path, version: int = FORMAT_VERSION) -> dict[str, torch.Tensor]:
     """Every tensor of the checkpoint (all shards), named as this version of dpq names them."""
     tensors: dict[str, torch.Tensor] = {}
-    for name in weight_files(path):
-        f = Path(path) / name
+    for f in weight_files(path):
         if not f.is_file():
             raise CheckpointError(f"{f} is missing")
         try:

@@ -25,10 +25,15 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from dpq.io.shards import ShardError, shard_files
-from dpq.io.checkpoint import MANIFEST, WEIGHTS, CheckpointError, check_quantized_tensors, verify_files
+from dpq.io.checkpoint import (  # noqa: F401 - weight_files is part of this module's interface
+    MANIFEST,
+    WEIGHTS,
+    CheckpointError,
+    check_quantized_tensors,
+    verify_files,
+    weight_files,
+)
 
-INDEX = WEIGHTS + ".index.json"
 QUANT_LEAVES = ("weight", "scales", "zeros", "weight_scale", "input_scale", "bias")
 SMALL_LEAVES = ("scales", "zeros", "weight_scale", "input_scale")
 V1_CODES = "qweight"
@@ -43,17 +48,6 @@ DTYPES = {
 }
 
 Headers = dict[str, tuple[tuple[int, ...], str, Path]]
-
-
-def weight_files(path: Path) -> list[Path]:
-    """The safetensors files of a checkpoint: the shards model.safetensors.index.json names, or model.safetensors."""
-    try:
-        names = shard_files(path)
-    except ShardError as e:
-        raise CheckpointError(f"{e}: the checkpoint is corrupted") from e
-    if names:
-        return [path / n for n in names]
-    raise CheckpointError(f"{path} has neither {WEIGHTS} nor {INDEX}: the checkpoint has no weights")
 
 
 def check_manifest(path: Path, block: dict, files: Iterable[Path]) -> bool:
