@@ -129,3 +129,16 @@ def test_inputs_are_kept_only_below_k_tokens_and_take_hands_h_over():
     h = acc.hessian()
     taken = acc.take()
     assert torch.equal(h, taken) and acc.h is None
+
+
+def test_the_damping_schedule_is_shared_by_the_solver_and_the_asymmetric_correction():
+    from dpq.algorithms.gptaq import asymmetric_correction
+    from dpq.algorithms.hessian import HessianError, damping_schedule
+
+    assert list(damping_schedule(3)) == [0.0, 0.01, 0.1, 1.0]
+    h = torch.ones(8, 8)  # rank one: the first factorisation fails, the first extra damping succeeds
+    w = torch.randn(4, 8, generator=torch.Generator().manual_seed(0))
+    out = asymmetric_correction(h, torch.eye(8) * 0.1, 0.5, 0.0)(w)
+    assert out.shape == w.shape and torch.isfinite(out).all() and not torch.equal(out, w)
+    with pytest.raises(HessianError, match="asymmetric correction"):
+        asymmetric_correction(-torch.eye(8), torch.eye(8), 0.5, 0.0)

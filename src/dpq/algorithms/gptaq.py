@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from dpq.algorithms.hessian import SOLVER_DTYPE, HessianError, damp_hessian
+from dpq.algorithms.hessian import SOLVER_DTYPE, HessianError, damp_hessian, damping_schedule, with_extra_damping
 
 
 class CrossAccumulator:
@@ -73,15 +73,12 @@ def asymmetric_correction(h: torch.Tensor, c: torch.Tensor, alpha: float, damp: 
     if alpha == 0:
         return lambda w: w.detach().to(SOLVER_DTYPE).clone()
     hd, dead = damp_hessian(h, damp)
-    lower, info = torch.linalg.cholesky_ex(hd)
-    extra = 0.01
-    while info.item() != 0 and extra <= 1.0:  # as inverse_cholesky: retry with more damping
-        idx = torch.arange(hd.shape[0], device=hd.device)
-        hx = hd.clone()
-        hx[idx, idx] += extra * torch.mean(torch.diag(hd))
-        lower, info = torch.linalg.cholesky_ex(hx)
-        extra *= 10
-    if info.item() != 0:
+    mean_diag = torch.mean(torch.diag(hd)).item()
+    for extra in damping_schedule():  # as inverse_cholesky: retry with more damping
+        lower, info = torch.linalg.cholesky_ex(with_extra_damping(hd, extra, mean_diag))
+        if info.item() == 0:
+            break
+    else:
         raise HessianError("asymmetric correction: the Hessian is not positive definite; raise damping")
     del hd
 

@@ -170,23 +170,35 @@ def damp_hessian(h: torch.Tensor, damp: float) -> tuple[torch.Tensor, torch.Tens
     return h, dead
 
 
+def damping_schedule(retries: int = CHOLESKY_RETRIES):
+    """The extra damping of each factorisation attempt, in units of mean(diag(H)): 0, then 0.01, 0.1, 1 ..."""
+    yield 0.0
+    extra = 0.01
+    for _ in range(retries):
+        yield extra
+        extra *= 10
+
+
+def with_extra_damping(h: torch.Tensor, extra: float, mean_diag: float) -> torch.Tensor:
+    """h itself when extra is 0, else a copy with extra * mean_diag added to the diagonal."""
+    if not extra:
+        return h
+    idx = torch.arange(h.shape[0], device=h.device)
+    hd = h.clone()
+    hd[idx, idx] += extra * mean_diag
+    return hd
+
+
 def inverse_cholesky(h: torch.Tensor, name: str = "", retries: int = CHOLESKY_RETRIES) -> torch.Tensor:
     """Upper Cholesky factor U of H^-1 (H^-1 = U^T U): [K, K] fp32.
 
     h should already be damped (`prepare_hessian`). When a factorisation fails,
-    retry with extra damping of 0.01, 0.1, 1 ... times mean(diag(H)); when all
+    retry with extra damping of 0.01, 0.1, 1 ... times mean(diag(H)) (`damping_schedule`); when all
     attempts fail, raise HessianError naming the layer.
     """
-    idx = torch.arange(h.shape[0], device=h.device)
     mean_diag = torch.mean(torch.diag(h)).item()
-    extra = 0.0
-    for attempt in range(retries + 1):
-        hd = h
-        if extra:
-            hd = h.clone()
-            hd[idx, idx] += extra * mean_diag
-        lower, info = torch.linalg.cholesky_ex(hd)
-        del hd
+    for extra in damping_schedule(retries):
+        lower, info = torch.linalg.cholesky_ex(with_extra_damping(h, extra, mean_diag))
         if info.item() == 0:
             hinv = torch.cholesky_inverse(lower)
             del lower  # at most three [K, K] matrices alive at once
@@ -194,8 +206,7 @@ def inverse_cholesky(h: torch.Tensor, name: str = "", retries: int = CHOLESKY_RE
             del hinv
             if info.item() == 0 and torch.isfinite(upper).all():
                 return upper
-        extra = 0.01 if attempt == 0 else extra * 10
     raise HessianError(
         f"{name or 'layer'}: the Hessian is not positive definite even with "
-        f"{retries} extra dampings (up to {extra / 10:g} * mean diag): raise damping or add calibration samples"
+        f"{retries} extra dampings (up to {extra:g} * mean diag): raise damping or add calibration samples"
     )
