@@ -7,7 +7,9 @@ large-M threshold should sit.
 
 Needs a CUDA GPU with FP8 (SM89+). Shapes are the Linears of Llama-3-8B and
 Llama-2-70B (N x K), M tokens in {1 .. 8192}. Times are CUDA-event medians
-over many runs, rotating among input sets larger than L2. Reports time,
+over many runs, rotating among input sets larger than L2: `ms` is the kernels' time (a CUDA graph
+of 20 calls replayed), `eager_ms` one eager call between events (the host's launch work included,
+0.1-0.3 ms for a W4A8 call on an H200). Reports time,
 TFLOP/s, GB/s, ratio to BF16 and FP8, the fraction of the memory floor
 (bytes / measured copy bandwidth, what matters at small M) and of the
 measured FP8 matmul peak (large M).
@@ -74,6 +76,34 @@ class Timer:
                 fn(r % n_sets)
                 times.append((time.perf_counter() - t0) * 1e3)
         return statistics.median(times)
+
+
+def graph_ms(fn, n_sets: int, calls: int = 20, reps: int = 10) -> float:
+    """ms per call of fn(i) replayed from a CUDA graph of `calls` calls cycling the input sets: the
+    kernels' time without the host's launch work (what a served decode step, itself a graph, sees).
+    The median of reps replays, after warm-up calls (compiling and autotuning happen there)."""
+    for i in range(max(3, n_sets)):
+        fn(i % n_sets)
+    torch.cuda.synchronize()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn(0)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(calls):
+            fn(i % n_sets)
+    graph.replay()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / calls)
+    return statistics.median(times)
 
 
 def ceilings(device, timer) -> dict:
@@ -202,9 +232,15 @@ def bench_shape(model, name, n, k, m, device, timer, ceil, l2_bytes, variants=No
     rows = []
     timed = {**(baselines(sets, m, n, k, device) if baselines_too else {}), **ours(sets, variants)}
     for variant, (fn, note) in timed.items():
-        ms = timer(fn, n_sets) if fn is not None else float("nan")
+        eager = timer(fn, n_sets) if fn is not None else float("nan")
+        ms = eager
+        if fn is not None and device.type == "cuda":
+            try:
+                ms = graph_ms(fn, n_sets)
+            except Exception as e:  # noqa: BLE001 - an op that cannot be captured keeps its eager time
+                note = f"{note}; eager time (graph capture failed: {type(e).__name__})".lstrip("; ")
         nbytes = bytes_of.get(variant, w4_bytes)
-        rows.append(dict(model=model, layer=name, N=n, K=k, M=m, variant=variant, ms=ms,
+        rows.append(dict(model=model, layer=name, N=n, K=k, M=m, variant=variant, ms=ms, eager_ms=eager,
                          tflops=flops / ms / 1e9, gbps=nbytes / ms / 1e6, note=note, rule_path=variant == rule,
                          frac_mem_floor=(nbytes / (ceil["copy_gbps"] * 1e6)) / ms,
                          frac_fp8_peak=(flops / (ceil["fp8_tflops"] * 1e9)) / ms))
@@ -229,8 +265,9 @@ def table(rows) -> str:
         lines.append(f"{r['model'] + '/' + r['layer']:<18}{r['M']:>6}{mark}{r['variant']:<16}{r['ms']:>9.4f}"
                      f"{r['tflops']:>9.1f}{r['gbps']:>8.0f}{r['vs_bf16']:>8.2f}{r['vs_fp8']:>8.2f}"
                      f"{100 * r['frac_mem_floor']:>6.0f}{100 * r['frac_fp8_peak']:>6.0f}")
-    lines.append("*: the W4A8 path the large-M rule takes; xBF16/xFP8: speed-up over that baseline (>1 = faster); "
-                 "mem%: memory floor / time; fp8%: time at measured FP8 peak / time")
+    lines.append("*: the W4A8 path the large-M rule takes; ms: CUDA-graph replay (kernel time; eager_ms in the JSON); "
+                 "xBF16/xFP8: speed-up over that baseline (>1 = faster); mem%: memory floor / time; "
+                 "fp8%: time at measured FP8 peak / time")
     return "\n".join(lines)
 
 

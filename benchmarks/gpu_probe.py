@@ -45,37 +45,17 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def graph_ms(fn, n_sets: int, device, calls: int = 20, reps: int = 10) -> float:
-    """ms per call of fn(i) replayed from a CUDA graph of `calls` calls (cycling input sets); the
-    median of reps replays. CPU: one eager call, wall clock (nothing is measured)."""
-    import torch
-
-    for i in range(max(3, n_sets)):
-        fn(i % n_sets)
+def graph_ms(fn, n_sets: int, device) -> float:
+    """ms per call from a CUDA graph (`gemm.graph_ms`); CPU: one eager call, wall clock (nothing is measured)."""
     if device.type != "cuda":
+        fn(0)
         t = time.perf_counter()
         fn(0)
         return (time.perf_counter() - t) * 1e3
-    torch.cuda.synchronize()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn(0)
-    torch.cuda.current_stream().wait_stream(stream)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for i in range(calls):
-            fn(i % n_sets)
-    g.replay()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) / calls)
-    return sorted(times)[len(times) // 2]
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from gemm import graph_ms as replayed  # noqa: PLC0415
+
+    return replayed(fn, n_sets)
 
 
 def eager_ms(fn, device, calls: int = 50) -> float:

@@ -84,3 +84,23 @@ def test_targets_use_the_rule_path_and_say_when_nothing_was_measured():
     assert t["small_m_vs_bf16"]["holds"] is True and t["small_m_vs_fp8"]["holds"] is False  # 1.4 < 1.5
     assert t["large_m_vs_fp8"]["holds"] is True and t["large_m_vs_bf16"]["holds"] is True
     assert t["decode_b1_vs_bf16"]["holds"] is False and t["prefill_vs_bf16"]["holds"] is None
+
+
+def test_probe_dry_run_runs_its_sections_without_gguf_or_lm_eval(tmp_path):
+    pytest.importorskip("triton")
+    code = ("import sys, runpy\n"
+            + "".join(f"sys.modules[{m!r}] = None\n" for m in BLOCKED)
+            + f"sys.argv = ['benchmarks/gpu_probe.py', '--dry-run', '--out', {str(tmp_path)!r}, '--skip', 'decode']\n"
+            "runpy.run_path('benchmarks/gpu_probe.py', run_name='__main__')\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads((tmp_path / "gpu_probe.json").read_text())
+    assert res["meta"]["device"].startswith("cpu") and {"command", "commit", "machine"} <= set(res["meta"])
+    outputs = res["accuracy"]["3"]["outputs_vs_fp64"]
+    assert {"reference_cpu", "fused_prologue", "dequant", "small_swap", "small_gemv"} <= set(outputs)
+    assert all(r.get("outside_one_bf16") == 0 for r in outputs.values()), outputs  # exact on the CPU
+    assert set(res["overhead"]) == {"small", "fused", "dequant", "bf16"}
+    assert {r["variant"] for r in res["sweep"] if "ms" in r} >= {"bf16", "fused_autotuned"}
