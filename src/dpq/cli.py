@@ -22,7 +22,17 @@ from dpq.cli_args import (  # noqa: F401 - argument types and option groups
     _solver_options,
     _write_json,
 )
-from dpq.config import METHODS, ActSpec, CalibSpec, ConfigError, QuantConfig
+from dpq.config import (
+    ACT_SCALE_METHODS,
+    GROUP_PARAM_SOURCES,
+    METHODS,
+    TARGETS,
+    ActSpec,
+    CalibSpec,
+    ConfigError,
+    QuantConfig,
+)
+from dpq.io.export import WEIGHT_FORMATS
 from dpq.numerics.fp8 import E4M3FN_MAX
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -65,12 +75,12 @@ def _quant_options(p) -> None:
     p.add_argument("--sym", action="store_true", help="symmetric INT4 (zero point 8)")
     p.add_argument("--fp8-max", type=float, default=E4M3FN_MAX,
                    help="FP8 range F, an E4M3 value: 448 (E4M3FN) or 240 (Gaudi 2)")
-    p.add_argument("--act-scale", default="maxabs", choices=["maxabs", "percentile", "mse"])
-    p.add_argument("--group-params", default="updated", choices=["updated", "frozen"],
+    p.add_argument("--act-scale", default="maxabs", choices=ACT_SCALE_METHODS)
+    p.add_argument("--group-params", default="updated", choices=GROUP_PARAM_SOURCES,
                    help="DPQ group parameters from the error-updated weights (default) or frozen originals (reference)")
     p.add_argument("--ignore", nargs="*", default=[], metavar="PATTERN",
                    help="module names or glob patterns to leave in high precision (e.g. down_proj, 'model.layers.0.*')")
-    p.add_argument("--target", default="paper", choices=["paper", "vllm-w4afp8"],
+    p.add_argument("--target", default="paper", choices=TARGETS,
                    help="numerics to calibrate for: paper (asymmetric INT4, static FP8 activations) or "
                         "vllm-w4afp8 (vLLM's W4AFP8: symmetric INT4 g128, per-token FP8; implies --sym)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
@@ -130,9 +140,9 @@ def _add_export(sub) -> None:
     p.add_argument("path", help="dpq checkpoint directory")
     p.add_argument("--format", default="compressed-tensors", choices=["compressed-tensors"])
     p.add_argument("--out", required=True, help="directory to write (must not exist)")
-    p.add_argument("--target", default=None, choices=["paper", "vllm-w4afp8"],
+    p.add_argument("--target", default=None, choices=TARGETS,
                    help="default: the target the checkpoint was calibrated for")
-    p.add_argument("--weights", default=None, choices=["int4", "fp8"],
+    p.add_argument("--weights", default=None, choices=WEIGHT_FORMATS,
                    help="fp8 (default for the paper target): dpq's exact FP8 inference weights; int4 (default for "
                         "vllm-w4afp8 and W4A16): packed INT4 codes, group scales, zero points, half the bytes, "
                         "without dpq's FP8 weight rounding in transformers")
