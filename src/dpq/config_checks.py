@@ -10,8 +10,8 @@ import dataclasses
 import math
 import numbers
 
-FP8_E4M3FN_MAX = 448.0
-"""Largest finite E4M3FN value (NVIDIA Hopper/Ada/Blackwell, Gaudi 3, MI350)."""
+from dpq.numerics.fp8 import E4M3FN_MAX as FP8_E4M3FN_MAX  # one definition, in numerics
+
 VLLM_GROUP_SIZE = 128
 """The only group size vLLM's W4AFP8 kernel takes."""
 
