@@ -29,9 +29,10 @@ from dpq.kernels.triton_w4a8 import (
     FP8_DTYPE,
     INTERPRET,
     _fp8_round,
+    _k_tiles_of_split,
     _scalar,
     _splitk_reduce_kernel,
-    _to_bf16,
+    _store_tile,
     quantize_fp8,
 )
 
@@ -105,10 +106,9 @@ def _small_m_kernel(
     n_mask = offs_n < N
     m_mask = offs_m < M
     s_x = tl.load(sx_ptr)
-    k_tiles = tl.cdiv(K, BLOCK_K)
-    per_split = tl.cdiv(k_tiles, SPLIT_K)
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    for t in range(pid_k * per_split, tl.minimum((pid_k + 1) * per_split, k_tiles)):
+    first, stop = _k_tiles_of_split(K, BLOCK_K, SPLIT_K, pid_k)
+    for t in range(first, stop):
         offs_even = t * BLOCK_K + 2 * tl.arange(0, BLOCK_K // 2)
         x_lo = _x8_half_t(x_ptr, offs_m, offs_even, m_mask, K, stride_xm, stride_xk, s_x,
                           FP8_MAX, X_IS_FP8, EMULATE_FP8)                            # [BK/2, BM]
@@ -123,16 +123,8 @@ def _small_m_kernel(
         else:  # products of two E4M3 values are exact in fp32
             acc += tl.sum(w_lo.to(tl.float32)[:, :, None] * x_lo.to(tl.float32)[None, :, :], axis=1)
             acc += tl.sum(w_hi.to(tl.float32)[:, :, None] * x_hi.to(tl.float32)[None, :, :], axis=1)
-    out_mask = n_mask[:, None] & m_mask[None, :]
-    if SPLIT_K == 1:
-        y = acc * (s_x * tl.load(sw_ptr))
-        if HAS_BIAS:
-            y += tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[:, None]
-        tl.store(out_ptr + offs_n[:, None] * stride_on + offs_m[None, :] * stride_om, _to_bf16(y, EMULATE_FP8),
-                 mask=out_mask)
-    else:
-        o_ptrs = out_ptr + pid_k * stride_os + offs_n[:, None] * stride_on + offs_m[None, :] * stride_om
-        tl.store(o_ptrs, acc, mask=out_mask)
+    _store_tile(tl.trans(acc), offs_m, offs_n, m_mask, n_mask, s_x, sw_ptr, bias_ptr, out_ptr, pid_k,
+                stride_os, stride_om, stride_on, SPLIT_K, HAS_BIAS, EMULATE_FP8)  # [BM, BN], N contiguous
 
 
 def small_m_supported(m: int, k: int, group_size: int, block_k: int) -> bool:

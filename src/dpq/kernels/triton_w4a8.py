@@ -114,10 +114,9 @@ def _w4a8_gemm_kernel(
     n_mask = offs_n < N
     s_x = tl.load(sx_ptr)
 
-    k_tiles = tl.cdiv(K, BLOCK_K)
-    per_split = tl.cdiv(k_tiles, SPLIT_K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for t in range(pid_k * per_split, tl.minimum((pid_k + 1) * per_split, k_tiles)):
+    first, stop = _k_tiles_of_split(K, BLOCK_K, SPLIT_K, pid_k)
+    for t in range(first, stop):
         offs_k = t * BLOCK_K + tl.arange(0, BLOCK_K)            # [BK]
         k_mask = offs_k < K
         # activations: [BM, BK] -> FP8
@@ -151,6 +150,24 @@ def _w4a8_gemm_kernel(
         else:
             acc = tl.dot(x8, w8, acc, out_dtype=tl.float32, max_num_imprecise_acc=IMPRECISE_ACC)
 
+    _store_tile(acc, offs_m, offs_n, m_mask, n_mask, s_x, sw_ptr, bias_ptr, out_ptr, pid_k,
+                stride_os, stride_om, stride_on, SPLIT_K, HAS_BIAS, EMULATE_FP8)
+
+
+@triton.jit
+def _k_tiles_of_split(K, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, pid_k):
+    """The K tiles [first, stop) that split pid_k of SPLIT_K sums."""
+    k_tiles = tl.cdiv(K, BLOCK_K)
+    per_split = tl.cdiv(k_tiles, SPLIT_K)
+    return pid_k * per_split, tl.minimum((pid_k + 1) * per_split, k_tiles)
+
+
+@triton.jit
+def _store_tile(acc, offs_m, offs_n, m_mask, n_mask, s_x, sw_ptr, bias_ptr, out_ptr, pid_k,
+                stride_os, stride_om, stride_on,
+                SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, EMULATE_FP8: tl.constexpr):
+    """The epilogue of an fp32 tile acc [BM, BN]: without split-K, acc * (s_x * s_w) + bias rounded once
+    to BF16 into out [M, N]; with it, the fp32 partial into out [SPLIT_K, M, N] (reduced later)."""
     out_mask = m_mask[:, None] & n_mask[None, :]
     if SPLIT_K == 1:
         y = acc * (s_x * tl.load(sw_ptr))
