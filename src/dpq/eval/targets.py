@@ -103,7 +103,19 @@ def check_paper(rows: list[dict], paper: dict | None = None) -> list[dict]:
 def measure_recovery(target: RecoveryTarget, model=None, tokenizer=None, float_ppl: float | None = None) -> dict:
     """Quantize target.model (or the given float model, left unchanged) with target.method on the
     stated calibration (WikiText-2 validation, seed 0) and measure float and quantized perplexity on
-    the first windows of the test set. Returns {"float", "quantized", "ratio", "holds"}."""
+    the first windows of the test set, on one CPU thread (the same sums on any machine's thread
+    count). Returns {"float", "quantized", "ratio", "holds"}."""
+    import torch  # noqa: PLC0415
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _measure(target, model, tokenizer, float_ppl)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _measure(target: RecoveryTarget, model, tokenizer, float_ppl) -> dict:
     import copy  # noqa: PLC0415
 
     import dpq  # noqa: PLC0415
