@@ -124,11 +124,10 @@ def _measure(target: RecoveryTarget, model, tokenizer, float_ppl) -> dict:
 
     if model is None:
         model, tokenizer, _ = load_float_model(target.model)
-    tok = tokenizer
-    ppl = lambda m: wikitext2_perplexity(m, tok, target.window_len, target.windows, progress=False).ppl  # noqa: E731
+    ppl = lambda m: wikitext2_perplexity(m, tokenizer, target.window_len, target.windows, progress=False).ppl  # noqa: E731
     base = float_ppl if float_ppl is not None else ppl(model)
     cfg = dpq.QuantConfig.for_method(target.method, calib=dpq.CalibSpec(samples=target.calib_samples,
                                                                          seq_len=target.calib_seq_len))
-    quantized = dpq.quantize(copy.deepcopy(model), tok, cfg, progress=False).model
+    quantized = dpq.quantize(copy.deepcopy(model), tokenizer, cfg, progress=False).model
     q = ppl(quantized)
     return {"float": base, "quantized": q, "ratio": q / base, "holds": q / base <= target.max_ppl_ratio}

@@ -243,6 +243,8 @@ def small_m_jobs(targets=TARGETS.values()) -> list[dict]:
     """The small-M kernel as `small_m_gemm` launches it: the default variant's tile at M = 1 and 16, split-K
     8 on the repacked layout (N-contiguous) with FP8 x, and an uneven shape (masks) with BF16 x and bias;
     the CUDA-core variant once (sm_90, M = 1)."""
+    import triton  # noqa: PLC0415
+
     from dpq.kernels.triton_small_m import DEFAULTS  # noqa: PLC0415
 
     n, k = LLAMA_O
@@ -260,14 +262,10 @@ def small_m_jobs(targets=TARGETS.values()) -> list[dict]:
                             stride_os=m * nn if split > 1 else 0, stride_om=nn, stride_on=1)
                 consts = dict(GROUP_SIZE=128, FP8_MAX=448.0, X_IS_FP8=even, HAS_BIAS=not even, SPLIT_K=split,
                               EMULATE_FP8=False, USE_DOT=variant == "swap", EVEN=even,
-                              BLOCK_M=16 if variant == "swap" else triton_next_pow2(m), BLOCK_N=bn, BLOCK_K=bk)
+                              BLOCK_M=16 if variant == "swap" else triton.next_power_of_2(m), BLOCK_N=bn, BLOCK_K=bk)
                 jobs.append(dict(kernel="small_m", cc=cc, label=f"{variant} M={m}{'' if even else ' uneven'}",
                                  num_warps=warps, num_stages=stages, constexprs=consts, args=args))
     return jobs
-
-
-def triton_next_pow2(m: int) -> int:
-    return 1 << max(0, (m - 1).bit_length())
 
 
 if __name__ == "__main__":
