@@ -26,13 +26,13 @@ test: setup
 test-fast: setup
 	TRITON_INTERPRET=1 $(PY) -m pytest -q -m "not slow"
 
-# Quantize the bundled SmolLM2-135M with dpq-gar (16 x 512 calibration tokens), show the checkpoint,
+# Quantize the bundled SmolLM2-135M with the default method, dpq-gar-plus (16 x 512 calibration tokens), show the checkpoint,
 # generate, and compare WikiText-2 perplexity (first 8 windows of 2048 tokens) with the float model.
 demo: setup
-	$(DPQ) quantize --calib-samples 16 --calib-seq-len 512 --out out/demo-dpq-gar --overwrite
-	$(DPQ) info out/demo-dpq-gar
-	$(DPQ) generate out/demo-dpq-gar --prompt "The capital of France is" --max-new-tokens 16
-	$(DPQ) eval out/demo-dpq-gar --vs-float --max-windows 8 --json out/demo-eval.json
+	$(DPQ) quantize --calib-samples 16 --calib-seq-len 512 --out out/demo --overwrite
+	$(DPQ) info out/demo
+	$(DPQ) generate out/demo --prompt "The capital of France is" --max-new-tokens 16
+	$(DPQ) eval out/demo --vs-float --max-windows 8 --json out/demo-eval.json
 
 clean:
 	rm -rf $(VENV) out

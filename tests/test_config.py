@@ -170,3 +170,16 @@ def test_module_uses_the_same_rule():
     with pytest.raises(ConfigError, match="needs group size 128"):
         W4A8Linear(128, 128, False, 64, 448.0, target="vllm-w4afp8")
     W4A8Linear(128, 128, False, 128, 448.0, target="vllm-w4afp8")
+
+
+def test_the_default_method_is_dpq_gar_plus_everywhere():
+    from dpq.cli import build_parser
+    from dpq.config import DEFAULT_METHOD, METHOD_OPTIONS
+
+    assert DEFAULT_METHOD == "dpq-gar-plus"
+    cfg = QuantConfig()
+    assert cfg == QuantConfig.for_method() == QuantConfig.for_method(DEFAULT_METHOD)
+    assert all(getattr(cfg.solver, k) == v for k, v in METHOD_OPTIONS[DEFAULT_METHOD].items())
+    assert build_parser().parse_args(["quantize", "--out", "x"]).method == DEFAULT_METHOD
+    paper = QuantConfig.for_method("dpq-gar").solver  # the paper's method keeps every option off
+    assert not (paper.group_search or paper.deployed_hessian or paper.asym_alpha or paper.smooth)

@@ -24,6 +24,7 @@ from dpq.config import QuantConfig
 from dpq.io.load import load as _load
 from dpq.models.checks import check_model
 from dpq.models.driver import concentrated, quantize_model
+from dpq.models.memory import check_run_memory
 from dpq.pipeline import (
     QuantResult,
     _calibration,
@@ -39,7 +40,7 @@ __all__ = ["QuantResult", "export", "info", "load", "load_any", "quantize", "qua
 
 def quantize(model, tokenizer, config: QuantConfig | None = None, calib: torch.Tensor | None = None,
              device: str = "cpu", progress: bool = True, batch_size: int = 8) -> QuantResult:
-    """Quantize `model` (in memory) in place with `config` (default: dpq-gar); returns a QuantResult.
+    """Quantize `model` (in memory) in place with `config` (default: `QuantConfig.for_method()`, dpq-gar-plus); returns a QuantResult.
 
     calib: [samples, tokens] token ids; None draws them from `config.calib`
     (WikiText-2 validation text by default). `result.calibration` records the source and a
@@ -51,6 +52,8 @@ def quantize(model, tokenizer, config: QuantConfig | None = None, calib: torch.T
     _check_batch_size(batch_size)
     check_model(model, config, config.calib.seq_len if calib is None else int(calib.shape[-1]))
     calib = _calibration(tokenizer, config, calib)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    check_run_memory(model, dtype.itemsize, config, int(calib.numel()))
     summary = quantize_model(model, calib, config, device=device, batch_size=batch_size, progress=progress)
     return QuantResult(config, summary, calibration_info(config, calib), model=model, tokenizer=tokenizer,
                        source_model=getattr(model.config, "_name_or_path", None) or None)

@@ -24,6 +24,7 @@ from dpq.cli_args import (  # noqa: F401 - argument types and option groups
 )
 from dpq.config import (
     ACT_SCALE_METHODS,
+    DEFAULT_METHOD,
     GROUP_PARAM_SOURCES,
     METHODS,
     TARGETS,
@@ -44,7 +45,8 @@ def _add_quantize(sub) -> None:
                    help="local directory, hub name, .gguf file, smollm2-135m (default) or gemma3-270m")
     p.add_argument("--out", required=True,
                    help="checkpoint directory to write (must not exist; an interrupted run with the same --out resumes)")
-    p.add_argument("--method", default="dpq-gar", choices=METHODS)
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS,
+                   help=f"quantization method (default {DEFAULT_METHOD}; dpq and dpq-gar are the paper's)")
     p.add_argument("--calib-seq-len", "--seq-len", dest="seq_len", type=POSITIVE, default=2048,
                    action=_DeprecatedAlias, help="tokens per calibration sample (--seq-len: deprecated spelling)")
     _quant_options(p)
@@ -207,7 +209,7 @@ def cmd_eval(a) -> int:
 def _add_compare(sub) -> None:
     p = sub.add_parser("compare", help="quantize with several methods on the same calibration data and evaluate each")
     p.add_argument("model", nargs="?", default=None, help="float model (default smollm2-135m)")
-    p.add_argument("--methods", default="bf16,rtn-w4a16,gptq-w4a16,rtn-w4a8,naive-w4a8,dpq,dpq-gar",
+    p.add_argument("--methods", default="bf16,rtn-w4a16,gptq-w4a16,rtn-w4a8,naive-w4a8,dpq,dpq-gar,dpq-gar-plus",
                    help="comma-separated; bf16 is the float model")
     p.add_argument("--calib-seq-len", type=POSITIVE, default=2048, help="tokens per calibration sample")
     _quant_options(p)

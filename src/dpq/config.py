@@ -41,6 +41,10 @@ GAR_METHODS = ("dpq-gar", "dpq-gar-plus")
 """Methods that visit columns in group-aware order."""
 SOLVER_OPTIONS = ("group_search", "deployed_hessian", "asym_alpha", "smooth", "token_clip", "refine_steps")
 """SolverSpec's options beyond the paper, settable per run (`QuantConfig.for_method(..., **options)`)."""
+DEFAULT_METHOD = "dpq-gar-plus"
+"""What `dpq quantize` and `QuantConfig.for_method()` use when no method is named: the paper's DPQ-GAR plus
+the options beyond it that measured best (docs/results/beyond-the-paper.md)."""
+
 METHOD_OPTIONS: dict[str, dict[str, Any]] = {
     "dpq-gar-plus": {"group_search": True, "deployed_hessian": True, "asym_alpha": 0.5},
 }
@@ -249,11 +253,11 @@ class QuantConfig:
         group size 128, F = 448; other settings are refused, see `target_problems`).
     """
 
-    method: str = "dpq-gar"
+    method: str = DEFAULT_METHOD
     weight: WeightSpec = field(default_factory=WeightSpec)
     fp8: FP8Spec = field(default_factory=FP8Spec)
     act: ActSpec = field(default_factory=ActSpec)
-    solver: SolverSpec = field(default_factory=SolverSpec)
+    solver: SolverSpec = field(default_factory=lambda: SolverSpec(**METHOD_OPTIONS.get(DEFAULT_METHOD, {})))
     calib: CalibSpec = field(default_factory=CalibSpec)
     ignore: tuple[str, ...] = ()
     target: str = "paper"
@@ -278,7 +282,7 @@ class QuantConfig:
     @classmethod
     def for_method(
         cls,
-        method: str = "dpq-gar",
+        method: str = DEFAULT_METHOD,
         *,
         group_size: int = 128,
         symmetric: bool | None = None,

@@ -143,6 +143,7 @@ def quantize_to_disk(model: str | None, out: str, config: QuantConfig | None = N
         source = open_source(model, dtype)
         check_model(source.model, config, config.calib.seq_len if calib is None else int(calib.shape[-1]))
         calib = _calibration(source.tokenizer, config, calib)
+        _check_memory(source, config, calib, offload_dir)
         calibration = calibration_info(config, calib)
         fp = _fingerprint(source, config, calibration, batch_size, device, max_bytes)
         state = _start_state(claim, fp, restart, out)
@@ -165,6 +166,13 @@ def quantize_to_disk(model: str | None, out: str, config: QuantConfig | None = N
             print(f"dpq: the run stopped; {claim.root} keeps its progress: run the same command again to resume "
                   "(or pass --restart to start over)", file=sys.stderr)
         raise
+
+
+def _check_memory(source, config: QuantConfig, calib: torch.Tensor, offload_dir) -> None:
+    """Refuse, before calibrating, a run whose activations cannot fit in RAM (`dpq.models.memory`)."""
+    from dpq.models.memory import check_run_memory  # noqa: PLC0415
+
+    check_run_memory(source.model, source.dtype.itemsize, config, int(calib.numel()), offload_dir)
 
 
 def _summary_of(config: QuantConfig, state: dict) -> QuantSummary:
@@ -246,7 +254,7 @@ def save_quantized(result: QuantResult, out: str, overwrite: bool = False,
 
 def _check_config(config) -> QuantConfig:
     if config is None:
-        return QuantConfig()
+        return QuantConfig.for_method()
     if not isinstance(config, QuantConfig):
         raise TypeError(f"config must be a dpq.QuantConfig, e.g. QuantConfig.for_method('dpq-gar'), "
                         f"not {type(config).__name__} ({config!r:.60})")

@@ -185,6 +185,23 @@ def test_offloaded_activations_give_the_same_bytes(sharded_dir, streamed, tmp_pa
     assert list((tmp_path / "offload").iterdir()) == []  # the memory-mapped files are gone
 
 
+def test_float_stream_and_deferred_inputs_go_to_the_offload_dir(sharded_dir, tmp_path, monkeypatch):
+    """dpq-gar-plus keeps every set's inputs (and the float model's) until the set is solved: with
+    --offload-dir they are memory-mapped files too, and the checkpoint is the same bytes."""
+    from dpq.models.activations import OffloadedList
+
+    cfg = QuantConfig.for_method("dpq-gar-plus", group_size=32, calib=CalibSpec(samples=4, seq_len=32))
+    dpq.quantize_to_disk(str(sharded_dir), str(tmp_path / "mem"), cfg, max_shard_size=SHARD, progress=False)
+    widths: list[int] = []
+    append = OffloadedList.append
+    monkeypatch.setattr(OffloadedList, "append", lambda self, t: (widths.append(t.shape[-1]), append(self, t))[1])
+    dpq.quantize_to_disk(str(sharded_dir), str(tmp_path / "off"), cfg, max_shard_size=SHARD, progress=False,
+                         offload_dir=str(tmp_path / "offload"))
+    assert _digests(tmp_path / "off") == _digests(tmp_path / "mem")
+    assert 96 in widths  # down_proj's inputs (intermediate size 96): only the deferred and float records have them
+    assert list((tmp_path / "offload").iterdir()) == []
+
+
 def test_missing_source_tensor_is_named(sharded_dir, tmp_path, capsys):
     import shutil
 

@@ -28,7 +28,7 @@ from dpq.eval.tasks import resolve_tasks
 FLOAT = "bf16"
 """The label of the unquantized model in a comparison (kept in its loaded float dtype)."""
 
-DEFAULT_METHODS = (FLOAT, "rtn-w4a16", "gptq-w4a16", "rtn-w4a8", "naive-w4a8", "dpq", "dpq-gar")
+DEFAULT_METHODS = (FLOAT, "rtn-w4a16", "gptq-w4a16", "rtn-w4a8", "naive-w4a8", "dpq", "dpq-gar", "dpq-gar-plus")
 
 
 def _check_methods(methods) -> list[str]:

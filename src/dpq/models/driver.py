@@ -74,19 +74,20 @@ class _ReplayedAttention(nn.Module):
 
 
 def _quantize_group(layer, names, hidden, kwargs, index, prefix, config, device, summary, clock, replay=None,
-                    record=None, ref_inputs=None):
+                    record=None, ref_inputs=None, store=None):
     """Collect the Hessian and input range of one set of Linears, solve, swap in W4A8 modules.
 
     The spec declares that the Linears of a set see the same input, so one Hessian and one
     activation observer (fed by the first Linear's hook) serve the whole set.
     replay: the layer's `_ReplayedAttention`, if installed; record: a list that receives the
     set's input per batch (on the CPU), if given; ref_inputs: the set's input per batch in the
-    float model (`dpq.models.float_path`), for the asymmetric correction.
+    float model (`dpq.models.float_path`), for the asymmetric correction; store: where the options that
+    need all of the set's inputs first keep them (`dpq.models.activations`; in memory when None).
     """
     mods = {n: get_submodule(layer, n) for n in names}
     first = names[0]
     k = mods[first].in_features
-    hess = SetInputs(k, f"{prefix}.{'/'.join(names)}", device, config, ref_inputs)
+    hess = SetInputs(k, f"{prefix}.{'/'.join(names)}", device, config, ref_inputs, store)
     obs = ActObserver(config.act, config.calib.seed)
     seen: set[str] = set()
     static_act = config.activations_fp8 and config.target == "paper"  # vllm-w4afp8: per-token at run time
@@ -161,7 +162,7 @@ def _quantize_layer_sets(layer, spec, hidden, kwargs, i, prefix, config, device,
             wanted = replay_attention and replay is None and spec.attention and todo == [spec.attention_output]
             record = store.new_list() if wanted else None
             _quantize_group(layer, todo, hidden, kwargs, i, prefix, config, device, summary, clock, replay, record,
-                            None if ref is None else ref.inputs[j])
+                            None if ref is None else ref.inputs[j], store)
             if record is not None and len(record) == len(hidden):
                 attention = get_submodule(layer, spec.attention)
                 replay = _ReplayedAttention(get_submodule(layer, spec.attention_output), record, device)
@@ -218,7 +219,7 @@ def quantize_model(
     if config.solver.algorithm == "rtn" and not (config.activations_fp8 and config.target == "paper"):
         _quantize_data_free(layers, spec, config, device, summary, progress, clock, source, sink, start)
         return _finish(summary, t0, device, clock)
-    extras = LayerExtras(model, spec, config, device)
+    extras = LayerExtras(model, spec, config, device, store)
     hidden, kwargs = _capture(model, spec, calib, batch_size, device, clock, source, sink is not None, store, extras)
     extras.start(hidden, kwargs, start)
     if resume is not None and start > 0:

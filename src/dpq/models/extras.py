@@ -3,11 +3,14 @@
 `--asym-alpha` and `--smooth` need, per decoder layer, the still-float layer's inputs and outputs
 on the float hidden states (`dpq.models.float_path`); `--refine` its own short calibration stream
 (`dpq.models.refining`). With every option off (the paper's methods) each hook does nothing.
-These streams live in memory only: a run using them cannot resume at a later layer.
+These streams live where the driver's other activations do (`dpq.models.activations`: memory, or
+memory-mapped files under `--offload-dir`), for the current layer only; a run using them cannot
+resume at a later layer.
 """
 
 from __future__ import annotations
 
+from dpq.models.activations import ActivationStore
 from dpq.models.capture import run_layer
 from dpq.models.float_path import run_float_layer
 
@@ -15,9 +18,10 @@ from dpq.models.float_path import run_float_layer
 class LayerExtras:
     """Float hidden states, smoothing and refinement around `_quantize_layer`."""
 
-    def __init__(self, model, spec, config, device) -> None:
+    def __init__(self, model, spec, config, device, store=None) -> None:
         sol = config.solver
         self.model, self.spec, self.config, self.device = model, spec, config, device
+        self.store = store if store is not None else ActivationStore()
         self.float_path = sol.asym_alpha > 0 or sol.smooth
         self.float_hidden = None
         self.refiner = None
@@ -47,7 +51,8 @@ class LayerExtras:
         """The float layer's record (asym/smooth) and refinement targets, before the layer is quantized."""
         ref = None
         if self.float_hidden is not None:
-            ref = run_float_layer(layer, self.spec, self.float_hidden, self.kwargs, i, self.device)
+            ref = run_float_layer(layer, self.spec, self.float_hidden, self.kwargs, i, self.device,
+                                  self.store.new_list)
             if self.config.solver.smooth:
                 self._smooth(layer, ref, prefix, summary)
         if self.refiner is not None:
@@ -60,6 +65,9 @@ class LayerExtras:
             summary.refine[prefix] = self.refiner.refine(layer, i)
             outputs = run_layer(layer, layer_in, self.kwargs, i, self.device, outs=new_list())
         if ref is not None:
+            self.store.release(self.float_hidden)
+            for inputs in ref.inputs:
+                self.store.release(inputs)
             self.float_hidden = ref.outputs
         return outputs
 

@@ -6,6 +6,10 @@ next float hidden states, and refinement's target) and the inputs every set of L
 the float model. `run_float_layer` gets both in one pass of the still-float layer, before the
 driver quantizes it; the driver carries the float hidden states from layer to layer next to the
 quantized ones (one more [samples, T, hidden] copy on the CPU).
+
+Those records hold every set's inputs for every calibration token (sum of the sets' K floats a
+token); `new_list` puts them where the driver keeps its other activations, so `--offload-dir`
+memory-maps them too (`dpq.models.activations`).
 """
 
 from __future__ import annotations
@@ -32,10 +36,14 @@ class FloatLayerRecord:
         self.inputs[j] = [x / s.to(x.dtype) for x in self.inputs[j]]
 
 
-def run_float_layer(layer, spec: ArchSpec, hidden: list[torch.Tensor], kwargs, index: int, device) -> FloatLayerRecord:
-    """Run the (still float) decoder layer over the float hidden states, recording every set's input."""
+def run_float_layer(layer, spec: ArchSpec, hidden: list[torch.Tensor], kwargs, index: int, device,
+                    new_list=list) -> FloatLayerRecord:
+    """Run the (still float) decoder layer over the float hidden states, recording every set's input.
+
+    new_list: makes the lists the record's tensors go to (`ActivationStore.new_list`; plain lists by default).
+    """
     firsts = [names[0] for names in spec.sequence]
-    inputs: list[list[torch.Tensor]] = [[] for _ in firsts]
+    inputs: list[list[torch.Tensor]] = [new_list() for _ in firsts]
     with watch_layer_linears(layer, firsts, lambda _i, name, x: inputs[firsts.index(name)].append(x.detach().cpu())):
-        outs = run_layer(layer, hidden, kwargs, index, device)
+        outs = run_layer(layer, hidden, kwargs, index, device, outs=new_list())
     return FloatLayerRecord(outs, inputs)

@@ -42,10 +42,13 @@ class SetInputs:
     """Inputs of one set of Linears -> (H, C or None, top-token share).
 
     k: input size; name: for messages; ref: the float model's inputs of this set, one [b, T, K]
-    CPU tensor per calibration batch in the same order (needed when asym_alpha > 0).
+    CPU tensor per calibration batch in the same order (needed when asym_alpha > 0); store: where
+    the deferred options keep the inputs until `finish` (an `ActivationStore`: memory or
+    memory-mapped files; plain lists when None).
     """
 
-    def __init__(self, k: int, name: str, device, config: QuantConfig, ref: list[torch.Tensor] | None = None):
+    def __init__(self, k: int, name: str, device, config: QuantConfig, ref: list[torch.Tensor] | None = None,
+                 store=None):
         sol = config.solver
         self.config, self.device, self.name, self.k = config, device, name, k
         self.ref = ref if sol.asym_alpha > 0 else None
@@ -54,7 +57,8 @@ class SetInputs:
         self.deferred = sol.deployed_hessian or self.ref is not None or sol.token_clip > 0
         self.hess = HessianAccumulator(k, name=name, device=device,
                                        lazy=sol.algorithm == "rtn" and not self.deferred)
-        self.records: list[torch.Tensor] = []
+        self.store = store
+        self.records: list[torch.Tensor] = store.new_list() if store is not None and self.deferred else []
 
     def add(self, x: torch.Tensor) -> None:
         """One calibration batch of the set's input x [b, T, K] (in batch order)."""
@@ -90,6 +94,8 @@ class SetInputs:
             if cross is not None:
                 xf = hessian_tokens(self.ref[b], skip).reshape(-1, self.k)
                 cross.add((xf if scale is None else xf * scale).to(self.device), xw.to(self.device))
+        if self.store is not None:
+            self.store.release(self.records)
         self.records = []
         return None, self.hess.take(), None if cross is None else cross.cross(), self.hess.top_token_share()
 
