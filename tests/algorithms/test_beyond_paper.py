@@ -53,6 +53,37 @@ def test_search_never_scores_worse_than_min_max():
     assert (loss(s1, z1) < loss(s0, z0)).float().mean() > 0.3  # most rows find a better range
 
 
+def _search_one_candidate_at_a_time(cur, src, u, fp8_max, symmetric):
+    """The search as specified: every candidate scored on its own, the first least loss kept."""
+    scales, zeros = candidate_params(src, symmetric, torch.bfloat16)
+    u_inv = torch.linalg.solve_triangular(u, torch.eye(u.shape[0]), upper=True)
+    losses = []
+    for s, z in zip(scales, zeros):
+        q = torch.clamp(torch.round(cur / s[:, None]) + z[:, None], 0, MAXQ)
+        deq = (q - z[:, None]) * s[:, None]
+        deq = deq if fp8_max is None else fp8_cast(deq, fp8_max)
+        losses.append(((cur - deq) @ u_inv).square().sum(1))
+    pick = torch.stack(losses).argmin(0)
+    rows = torch.arange(cur.shape[0])
+    return scales[pick, rows], zeros[pick, rows], torch.stack(losses)
+
+
+@pytest.mark.parametrize("fp8_max", [448.0, 240.0, None])
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_batched_search_picks_what_the_plain_search_picks(fp8_max, symmetric):
+    gen = torch.Generator().manual_seed(3)
+    cur = torch.randn(48, 64, generator=gen) * 3
+    cur[0] = 0  # a dead row
+    a = torch.randn(64, 64, generator=gen)
+    u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(a @ a.T + 64 * torch.eye(64))), upper=True)
+    s_ref, z_ref, losses = _search_one_candidate_at_a_time(cur, cur, u, fp8_max, symmetric)
+    s, z = search_group_params(cur, cur, u, fp8_max, symmetric, torch.bfloat16)
+    scales, zeros = candidate_params(cur, symmetric, torch.bfloat16)
+    chosen = ((scales == s) & (zeros == z)).float().argmax(0)  # (N,): which candidate each row got
+    torch.testing.assert_close(losses[chosen, torch.arange(48)], losses.min(0).values, rtol=1e-6, atol=0)
+    assert (s == s_ref).float().mean() > 0.95 and (z == z_ref).float().mean() > 0.95
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_group_search_lowers_the_held_out_deployed_error(seed):
     w, x = _layer(seed=seed)

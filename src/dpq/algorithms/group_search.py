@@ -36,8 +36,20 @@ def candidate_params(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Candidate (scale, zero) per row: src [N, c] -> scale, zero [C, N] float32.
 
-    Candidate 0 is exactly `dpq.numerics.int4.group_params(src)` (plain min/max).
+    Candidate 0 is exactly `dpq.numerics.int4.group_params(src)` (plain min/max). Asymmetric: the
+    S*S shrink pairs once per zero shift, zero shift outermost (C = S*S*Z).
     """
+    scale, zero = _base_candidates(src, symmetric, scale_dtype, shrink)
+    if symmetric:
+        return scale, zero
+    scales = torch.cat([scale for _ in zero_shifts])  # (S*S*Z, N), zero shift outermost
+    zeros = torch.cat([(zero + dz).clamp(0, MAXQ) for dz in zero_shifts])
+    return scales, zeros
+
+
+def _base_candidates(src: torch.Tensor, symmetric: bool, scale_dtype: torch.dtype,
+                     shrink: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The candidates before zero shifts: scale, zero [S, N] (symmetric) or [S*S, N] (asymmetric)."""
     src = src.float()
     f = torch.tensor(shrink, dtype=torch.float32, device=src.device)
     if symmetric:
@@ -55,10 +67,7 @@ def candidate_params(
     hi = wmax.unsqueeze(0) * b.reshape(-1, 1)
     scale = ((hi - lo) / MAXQ).to(scale_dtype).float()
     scale = torch.where(scale == 0, torch.full_like(scale, torch.finfo(scale_dtype).tiny), scale)
-    zero = torch.round(-lo / scale).clamp(0, MAXQ)
-    scales = torch.cat([scale for _ in zero_shifts])  # (S*S*Z, N), zero shift outermost
-    zeros = torch.cat([(zero + dz).clamp(0, MAXQ) for dz in zero_shifts])
-    return scales, zeros
+    return scale, torch.round(-lo / scale).clamp(0, MAXQ)
 
 
 def search_group_params(
@@ -77,19 +86,17 @@ def search_group_params(
     eye = torch.eye(c, dtype=u_gg.dtype, device=u_gg.device)
     u_inv = torch.linalg.solve_triangular(u_gg, eye, upper=True)  # (c, c), U_gg^-1
     cur = cur.float()
-    best = torch.full((cur.shape[0],), float("inf"), device=cur.device)
-    pick = torch.zeros(cur.shape[0], dtype=torch.long, device=cur.device)
-    for i in range(0, scales.shape[0], CHUNK):
-        s = scales[i : i + CHUNK].unsqueeze(2)  # (B, N, 1)
-        z = zeros[i : i + CHUNK].unsqueeze(2)
-        q = torch.clamp(torch.round(cur.unsqueeze(0) / s) + z, 0, MAXQ)  # (B, N, c)
-        deq = (q - z) * s
-        if fp8_max is not None:
-            deq = fp8_cast(deq, fp8_max)
-        loss = ((cur.unsqueeze(0) - deq) @ u_inv).square().sum(dim=2)  # (B, N)
-        val, idx = loss.min(dim=0)
-        better = val < best  # strict: ties keep the earlier candidate (plain min/max first)
-        best = torch.where(better, val, best)
-        pick = torch.where(better, idx + i, pick)
+    base = scales.shape[0] // (1 if symmetric else len(ZERO_SHIFTS))  # candidates per zero shift
+    loss = torch.empty_like(scales)  # (C, N)
+    for i in range(0, base, CHUNK):
+        s = scales[i : i + CHUNK].unsqueeze(2)  # (B, N, 1): the same scales under every zero shift
+        r = torch.round(cur.unsqueeze(0) / s)  # (B, N, c), shared by the zero shifts
+        for j in range(0, scales.shape[0], base):  # one pass per zero shift
+            z = zeros[j + i : j + i + s.shape[0]].unsqueeze(2)
+            deq = torch.clamp(r, -z, MAXQ - z) * s  # = (clamp(r + z, 0, MAXQ) - z) * s, exactly (integers)
+            if fp8_max is not None:
+                deq = fp8_cast(deq, fp8_max)
+            loss[j + i : j + i + s.shape[0]] = ((cur.unsqueeze(0) - deq) @ u_inv).square().sum(dim=2)  # (B, N)
+    pick = loss.argmin(dim=0)  # the first of equal losses: plain min/max (candidate 0) wins ties
     rows = torch.arange(cur.shape[0], device=cur.device)
     return scales[pick, rows], zeros[pick, rows]
