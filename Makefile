@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 test: setup
-	TRITON_INTERPRET=1 $(PY) -m pytest -q
+	TRITON_INTERPRET=1 $(PY) -m pytest -q --durations=20
 
 test-fast: setup
 	TRITON_INTERPRET=1 $(PY) -m pytest -q -m "not slow"

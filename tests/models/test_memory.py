@@ -38,9 +38,7 @@ def test_cli_refuses_before_calibrating(tiny_llama_dir, tmp_path, monkeypatch, c
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "GiB of activations in memory (128 tokens)" in err and "--offload-dir" in err
-    assert not out.exists()
-    assert main([*args, "--offload-dir", str(tmp_path / "off")]) == 0
-    assert (out / "config.json").is_file()
+    assert not out.exists()  # (with --offload-dir the run goes ahead: tests/io/test_streaming.py)
 
 
 def test_python_api_refuses_before_calibrating(tiny_llama_dir, monkeypatch):
