@@ -190,7 +190,7 @@ def test_float_stream_and_deferred_inputs_go_to_the_offload_dir(sharded_dir, tmp
     --offload-dir they are memory-mapped files too, and the checkpoint is the same bytes."""
     from dpq.models.activations import OffloadedList
 
-    cfg = QuantConfig.for_method("dpq-gar-plus", group_size=32, calib=CalibSpec(samples=4, seq_len=32))
+    cfg = QuantConfig.for_method("dpq-gar-plus", group_size=32, calib=CalibSpec(samples=2, seq_len=32))
     dpq.quantize_to_disk(str(sharded_dir), str(tmp_path / "mem"), cfg, max_shard_size=SHARD, progress=False)
     widths: list[int] = []
     append = OffloadedList.append
