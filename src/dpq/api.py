@@ -25,6 +25,7 @@ from dpq.io.load import load as _load
 from dpq.models.checks import check_model
 from dpq.models.driver import concentrated, quantize_model
 from dpq.models.memory import check_run_memory
+from dpq.models.source import float_dtype
 from dpq.pipeline import (
     QuantResult,
     _calibration,
@@ -52,8 +53,7 @@ def quantize(model, tokenizer, config: QuantConfig | None = None, calib: torch.T
     _check_batch_size(batch_size)
     check_model(model, config, config.calib.seq_len if calib is None else int(calib.shape[-1]))
     calib = _calibration(tokenizer, config, calib)
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    check_run_memory(model, dtype.itemsize, config, int(calib.numel()))
+    check_run_memory(model, float_dtype(model).itemsize, config, int(calib.numel()))
     summary = quantize_model(model, calib, config, device=device, batch_size=batch_size, progress=progress)
     return QuantResult(config, summary, calibration_info(config, calib), model=model, tokenizer=tokenizer,
                        source_model=getattr(model.config, "_name_or_path", None) or None)

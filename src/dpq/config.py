@@ -189,6 +189,16 @@ class SolverSpec:
     token_clip: float = 0.0
     refine_steps: int = 0
 
+    @property
+    def runs_float_model(self) -> bool:
+        """The float model runs alongside the quantized one (`dpq.models.float_path`)."""
+        return self.asym_alpha > 0 or self.smooth
+
+    @property
+    def defers_set_inputs(self) -> bool:
+        """A set's statistics need all of its inputs first, so they are kept (`dpq.models.set_inputs`)."""
+        return self.deployed_hessian or self.asym_alpha > 0 or self.token_clip > 0
+
     def __post_init__(self) -> None:
         _check_types(self)
         _check(self.algorithm in ("rtn", "gptq"), f"algorithm={self.algorithm!r}: use rtn or gptq")
@@ -278,6 +288,16 @@ class QuantConfig:
     @property
     def activations_fp8(self) -> bool:
         return self.fp8.enabled
+
+    @property
+    def static_activations(self) -> bool:
+        """FP8 inputs with a static per-tensor scale from calibration (vllm-w4afp8: per-token at run time)."""
+        return self.activations_fp8 and self.target == "paper"
+
+    @property
+    def data_free(self) -> bool:
+        """Round to nearest with nothing to calibrate: no calibration pass at all."""
+        return self.solver.algorithm == "rtn" and not self.static_activations
 
     @classmethod
     def for_method(

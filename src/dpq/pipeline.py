@@ -230,7 +230,9 @@ def save_quantized(result: QuantResult, out: str, overwrite: bool = False,
     protected = (result.source_model,) if result.source_model and Path(result.source_model).exists() else ()
     out = outdir.check_output(out, overwrite, protected=protected)
     model, config = result.model, result.config
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    from dpq.models.source import float_dtype  # noqa: PLC0415
+
+    dtype = float_dtype(model)
     claim = outdir.claim(out)
     try:
         if claim.found and resume.read_state(claim.root) is not None:

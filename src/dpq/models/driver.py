@@ -90,7 +90,7 @@ def _quantize_group(layer, names, hidden, kwargs, index, prefix, config, device,
     hess = SetInputs(k, f"{prefix}.{'/'.join(names)}", device, config, ref_inputs, store)
     obs = ActObserver(config.act, config.calib.seed)
     seen: set[str] = set()
-    static_act = config.activations_fp8 and config.target == "paper"  # vllm-w4afp8: per-token at run time
+    static_act = config.static_activations
 
     def hook(name):
         def fn(_mod, inputs, _out):
@@ -216,7 +216,7 @@ def quantize_model(
     if resume is not None:
         summary.restore_rows(resume.rows)
         start = summary.resumed_at = resume.start
-    if config.solver.algorithm == "rtn" and not (config.activations_fp8 and config.target == "paper"):
+    if config.data_free:
         _quantize_data_free(layers, spec, config, device, summary, progress, clock, source, sink, start)
         return _finish(summary, t0, device, clock)
     extras = LayerExtras(model, spec, config, device, store)

@@ -22,7 +22,7 @@ class LayerExtras:
         sol = config.solver
         self.model, self.spec, self.config, self.device = model, spec, config, device
         self.store = store if store is not None else ActivationStore()
-        self.float_path = sol.asym_alpha > 0 or sol.smooth
+        self.float_path = sol.runs_float_model
         self.float_hidden = None
         self.refiner = None
         self.kwargs = None

@@ -30,12 +30,12 @@ def activation_bytes(hidden: int, widths: list[int], attn_width: int, tokens: in
     Linear (0 if none); tokens: calibration tokens; itemsize: bytes per activation element.
     """
     sol = config.solver
-    if sol.algorithm == "rtn" and not (config.activations_fp8 and config.target == "paper"):
-        return 0  # data-free: no calibration pass
+    if config.data_free:
+        return 0  # no calibration pass
     per_token = 2 * hidden + attn_width
-    if sol.asym_alpha > 0 or sol.smooth:
+    if sol.runs_float_model:
         per_token += 2 * hidden + sum(widths)
-    if sol.deployed_hessian or sol.asym_alpha > 0 or sol.token_clip > 0:
+    if sol.defers_set_inputs:
         per_token += max(widths)
     return per_token * tokens * itemsize
 

@@ -54,7 +54,7 @@ class SetInputs:
         self.ref = ref if sol.asym_alpha > 0 else None
         if sol.asym_alpha > 0 and ref is None:
             raise ValueError(f"{name}: asym_alpha > 0 needs the float model's inputs of this set")
-        self.deferred = sol.deployed_hessian or self.ref is not None or sol.token_clip > 0
+        self.deferred = sol.defers_set_inputs
         self.hess = HessianAccumulator(k, name=name, device=device,
                                        lazy=sol.algorithm == "rtn" and not self.deferred)
         self.store = store

@@ -241,6 +241,11 @@ def streamable(origin: ModelSource) -> bool:
     return d.is_dir() and ((d / INDEX_FILE).is_file() or (d / SINGLE_FILE).is_file())
 
 
+def float_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of the model's first floating-point parameter (float32 if it has none)."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
+
 def in_memory(model: nn.Module, tokenizer, origin: ModelSource) -> Source:
     """A Source over a model already in memory (GGUF, hub, or the caller's own)."""
     protected = ()
@@ -248,8 +253,7 @@ def in_memory(model: nn.Module, tokenizer, origin: ModelSource) -> Source:
         protected = (str((Path(origin.path) / origin.gguf_file).resolve()),)
     elif Path(origin.path).is_dir():
         protected = (str(Path(origin.path).resolve()),)
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    return Source(model, tokenizer, origin, dtype, streaming=False, protected=protected)
+    return Source(model, tokenizer, origin, float_dtype(model), streaming=False, protected=protected)
 
 
 def open_source(model: str | None, dtype: str | torch.dtype | None = "auto") -> Source:
