@@ -43,6 +43,9 @@ def test_note_fits_the_method():
     assert "--method rtn-w4a16" in w4a16 and "FP8" not in w4a16
     rtn = concentration_note("rtn-w4a8", {"model.layers.0.mlp.down_proj": 0.5}, fp8=True)
     assert "--method" not in rtn and "FP8 input scale" in rtn and "--ignore" in rtn
+    plus = concentration_note("dpq-gar-plus", {"model.layers.0.mlp.down_proj": 0.5}, fp8=True)
+    assert "float model's outputs" in plus and "--method" not in plus
+    assert "--ignore model.layers.0.mlp.down_proj" in plus and "FP8 input scale" in plus
 
 
 def test_stored_shares_follow_the_same_rule():

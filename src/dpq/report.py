@@ -5,6 +5,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from dpq.config import METHOD_OPTIONS
+
 
 def print_summary(summary, model_name: str = "", console: Console | None = None) -> None:
     """Per-Linear relative output error and solve time, then totals and peak memory."""
@@ -52,6 +54,12 @@ def concentration_note(method: str, shares: dict[str, float], fp8: bool) -> str:
     text = f"0.1% of the calibration tokens carry most of the input energy of {names}: massive activations"
     if method.startswith("rtn"):
         text += ", which set the FP8 input scale" if fp8 else ""
+    elif METHOD_OPTIONS.get(method, {}).get("asym_alpha"):
+        text += (
+            (", which set the FP8 input scale" if fp8 else "")
+            + f". {method} fits the float model's outputs through the deployed inputs, which measured well on "
+            "such a model (SmolLM2-135M, docs/results/beyond-the-paper.md); if quality still falls short"
+        )
     else:
         rtn = "rtn-w4a16" if method.endswith("w4a16") else "rtn-w4a8"
         text += (

@@ -52,7 +52,7 @@ class LayerExtras:
         ref = None
         if self.float_hidden is not None:
             ref = run_float_layer(layer, self.spec, self.float_hidden, self.kwargs, i, self.device,
-                                  self.store.new_list)
+                                  self.store.new_list, self.store.release)
             if self.config.solver.smooth:
                 self._smooth(layer, ref, prefix, summary)
         if self.refiner is not None:

@@ -14,7 +14,9 @@ memory-maps them too (`dpq.models.activations`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -30,20 +32,28 @@ class FloatLayerRecord:
 
     outputs: list[torch.Tensor]
     inputs: list[list[torch.Tensor]]
+    new_list: Callable[[], Any] = list
+    release: Callable[[Any], None] = lambda _lst: None
 
     def scale_inputs(self, j: int, s: torch.Tensor) -> None:
-        """Divide set j's recorded inputs by per-channel scales s [K_j] (after smoothing folded them)."""
-        self.inputs[j] = [x / s.to(x.dtype) for x in self.inputs[j]]
+        """Divide set j's recorded inputs by per-channel scales s [K_j] (after smoothing folded them); the
+        rescaled copies go where the originals were (memory-mapped under --offload-dir), the originals are freed."""
+        scaled = self.new_list()
+        for x in self.inputs[j]:
+            scaled.append(x / s.to(x.dtype))
+        self.release(self.inputs[j])
+        self.inputs[j] = scaled
 
 
 def run_float_layer(layer, spec: ArchSpec, hidden: list[torch.Tensor], kwargs, index: int, device,
-                    new_list=list) -> FloatLayerRecord:
+                    new_list=list, release=lambda _lst: None) -> FloatLayerRecord:
     """Run the (still float) decoder layer over the float hidden states, recording every set's input.
 
-    new_list: makes the lists the record's tensors go to (`ActivationStore.new_list`; plain lists by default).
+    new_list: makes the lists the record's tensors go to (`ActivationStore.new_list`; plain lists by default);
+    release: frees such a list (`ActivationStore.release`), for inputs the record replaces.
     """
     firsts = [names[0] for names in spec.sequence]
     inputs: list[list[torch.Tensor]] = [new_list() for _ in firsts]
     with watch_layer_linears(layer, firsts, lambda _i, name, x: inputs[firsts.index(name)].append(x.detach().cpu())):
         outs = run_layer(layer, hidden, kwargs, index, device, outs=new_list())
-    return FloatLayerRecord(outs, inputs)
+    return FloatLayerRecord(outs, inputs, new_list, release)
