@@ -69,6 +69,19 @@ def _search_one_candidate_at_a_time(cur, src, u, fp8_max, symmetric):
 
 
 @pytest.mark.parametrize("fp8_max", [448.0, 240.0, None])
+def test_clamping_after_the_cast_is_exact(fp8_max):
+    """The search casts r * s once per scale and clamps to the cast ends per zero point: the same bits as
+    casting each zero point's clamped codes (x -> fp8(x * s) is monotone)."""
+    gen = torch.Generator().manual_seed(5)
+    s = (torch.rand(6, 40, 1, generator=gen) * 30 + 1e-3).to(torch.bfloat16).float()
+    r = torch.randint(-40, 41, (6, 40, 64), generator=gen).float()
+    z = torch.randint(0, MAXQ + 1, (6, 40, 1), generator=gen).float()
+    cast = (lambda x: x) if fp8_max is None else (lambda x: fp8_cast(x, fp8_max))
+    direct = cast(torch.clamp(r, -z, MAXQ - z) * s)
+    assert torch.equal(torch.clamp(cast(r * s), cast(-z * s), cast((MAXQ - z) * s)), direct)
+
+
+@pytest.mark.parametrize("fp8_max", [448.0, 240.0, None])
 @pytest.mark.parametrize("symmetric", [False, True])
 def test_batched_search_picks_what_the_plain_search_picks(fp8_max, symmetric):
     gen = torch.Generator().manual_seed(3)

@@ -88,14 +88,15 @@ def search_group_params(
     cur = cur.float()
     base = scales.shape[0] // (1 if symmetric else len(ZERO_SHIFTS))  # candidates per zero shift
     loss = torch.empty_like(scales)  # (C, N)
+    cast = (lambda x: x) if fp8_max is None else (lambda x: fp8_cast(x, fp8_max))
     for i in range(0, base, CHUNK):
         s = scales[i : i + CHUNK].unsqueeze(2)  # (B, N, 1): the same scales under every zero shift
-        r = torch.round(cur.unsqueeze(0) / s)  # (B, N, c), shared by the zero shifts
+        unclamped = cast(torch.round(cur.unsqueeze(0) / s) * s)  # (B, N, c), shared by the zero shifts
         for j in range(0, scales.shape[0], base):  # one pass per zero shift
             z = zeros[j + i : j + i + s.shape[0]].unsqueeze(2)
-            deq = torch.clamp(r, -z, MAXQ - z) * s  # = (clamp(r + z, 0, MAXQ) - z) * s, exactly (integers)
-            if fp8_max is not None:
-                deq = fp8_cast(deq, fp8_max)
+            # cast(clamp(r, -z, MAXQ - z) * s) (= cast((clamp(r + z, 0, MAXQ) - z) * s), integers) equals
+            # clamping cast(r * s) to the cast ends: x -> cast(x * s) is monotone, the products the same.
+            deq = torch.clamp(unclamped, cast(-z * s), cast((MAXQ - z) * s))
             loss[j + i : j + i + s.shape[0]] = ((cur.unsqueeze(0) - deq) @ u_inv).square().sum(dim=2)  # (B, N)
     pick = loss.argmin(dim=0)  # the first of equal losses: plain min/max (candidate 0) wins ties
     rows = torch.arange(cur.shape[0], device=cur.device)
