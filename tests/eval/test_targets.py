@@ -50,6 +50,7 @@ def test_live_recovery_floor(target, smollm2, smollm2_float_ppl):
     model, tok = smollm2
     res = targets.measure_recovery(target, copy.deepcopy(model), tok, smollm2_float_ppl(target))
     assert res["holds"], f"{target.name}: ppl ratio {res['ratio']:.4f} above the floor {target.max_ppl_ratio} ({res})"
+    assert res["linears"] == 30 * 7 and res["mean_rel_error"] < 0.2  # every Linear of the real model quantized
 
 
 @pytest.fixture(scope="module")

@@ -104,7 +104,8 @@ def measure_recovery(target: RecoveryTarget, model=None, tokenizer=None, float_p
     """Quantize target.model (or the given float model, left unchanged) with target.method on the
     stated calibration (WikiText-2 validation, seed 0) and measure float and quantized perplexity on
     the first windows of the test set, on one CPU thread (the same sums on any machine's thread
-    count). Returns {"float", "quantized", "ratio", "holds"}."""
+    count). Returns {"float", "quantized", "ratio", "holds", "linears" (how many were quantized),
+    "mean_rel_error"}."""
     import torch  # noqa: PLC0415
 
     threads = torch.get_num_threads()
@@ -128,6 +129,7 @@ def _measure(target: RecoveryTarget, model, tokenizer, float_ppl) -> dict:
     base = float_ppl if float_ppl is not None else ppl(model)
     cfg = dpq.QuantConfig.for_method(target.method, calib=dpq.CalibSpec(samples=target.calib_samples,
                                                                          seq_len=target.calib_seq_len))
-    quantized = dpq.quantize(copy.deepcopy(model), tokenizer, cfg, progress=False).model
-    q = ppl(quantized)
-    return {"float": base, "quantized": q, "ratio": q / base, "holds": q / base <= target.max_ppl_ratio}
+    result = dpq.quantize(copy.deepcopy(model), tokenizer, cfg, progress=False)
+    q = ppl(result.model)
+    return {"float": base, "quantized": q, "ratio": q / base, "holds": q / base <= target.max_ppl_ratio,
+            "linears": len(result.summary.linears), "mean_rel_error": result.summary.mean_rel_error}
