@@ -35,11 +35,12 @@ SHAPES = [(576, 576), (1536, 576), (576, 1536)]
 def earlier_search(rev: str):
     src = subprocess.run(["git", "show", f"{rev}:src/dpq/algorithms/group_search.py"], check=True,
                          capture_output=True, text=True).stdout
-    path = Path(tempfile.mkdtemp()) / "group_search_earlier.py"
-    path.write_text(src)
-    spec = importlib.util.spec_from_file_location("group_search_earlier", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "group_search_earlier.py"
+        path.write_text(src)
+        spec = importlib.util.spec_from_file_location("group_search_earlier", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
     return module.search_group_params
 
 

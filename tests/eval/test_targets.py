@@ -3,6 +3,7 @@
 import copy
 
 import pytest
+import torch
 
 from dpq.eval import targets
 
@@ -51,6 +52,10 @@ def test_live_recovery_floor(target, smollm2, smollm2_float_ppl):
     res = targets.measure_recovery(target, copy.deepcopy(model), tok, smollm2_float_ppl(target))
     assert res["holds"], f"{target.name}: ppl ratio {res['ratio']:.4f} above the floor {target.max_ppl_ratio} ({res})"
     assert res["linears"] == 30 * 7 and res["mean_rel_error"] < 0.2  # every Linear of the real model quantized
+    ids = tok("The capital of France is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = res["model"].generate(ids, max_new_tokens=4, do_sample=False)
+    assert "Paris" in tok.decode(out[0])  # the quantized model still answers
 
 
 @pytest.fixture(scope="module")

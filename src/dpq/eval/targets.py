@@ -105,7 +105,7 @@ def measure_recovery(target: RecoveryTarget, model=None, tokenizer=None, float_p
     stated calibration (WikiText-2 validation, seed 0) and measure float and quantized perplexity on
     the first windows of the test set, on one CPU thread (the same sums on any machine's thread
     count). Returns {"float", "quantized", "ratio", "holds", "linears" (how many were quantized),
-    "mean_rel_error"}."""
+    "mean_rel_error", "model" (the quantized model)}."""
     import torch  # noqa: PLC0415
 
     threads = torch.get_num_threads()
@@ -132,4 +132,5 @@ def _measure(target: RecoveryTarget, model, tokenizer, float_ppl) -> dict:
     result = dpq.quantize(copy.deepcopy(model), tokenizer, cfg, progress=False)
     q = ppl(result.model)
     return {"float": base, "quantized": q, "ratio": q / base, "holds": q / base <= target.max_ppl_ratio,
-            "linears": len(result.summary.linears), "mean_rel_error": result.summary.mean_rel_error}
+            "linears": len(result.summary.linears), "mean_rel_error": result.summary.mean_rel_error,
+            "model": result.model}

@@ -25,6 +25,10 @@ from dpq.models.linear_inputs import watch_layer_linears
 from dpq.models.specs import ArchSpec
 
 
+def _keep(_lst) -> None:
+    """The default `release`: plain lists need no freeing."""
+
+
 @dataclass
 class FloatLayerRecord:
     """outputs[b]: [b, T, H] float layer output of batch b (CPU); inputs[j][b]: [b, T, K_j] input of
@@ -33,7 +37,7 @@ class FloatLayerRecord:
     outputs: list[torch.Tensor]
     inputs: list[list[torch.Tensor]]
     new_list: Callable[[], Any] = list
-    release: Callable[[Any], None] = lambda _lst: None
+    release: Callable[[Any], None] = _keep
 
     def scale_inputs(self, j: int, s: torch.Tensor) -> None:
         """Divide set j's recorded inputs by per-channel scales s [K_j] (after smoothing folded them); the
@@ -46,7 +50,7 @@ class FloatLayerRecord:
 
 
 def run_float_layer(layer, spec: ArchSpec, hidden: list[torch.Tensor], kwargs, index: int, device,
-                    new_list=list, release=lambda _lst: None) -> FloatLayerRecord:
+                    new_list=list, release=_keep) -> FloatLayerRecord:
     """Run the (still float) decoder layer over the float hidden states, recording every set's input.
 
     new_list: makes the lists the record's tensors go to (`ActivationStore.new_list`; plain lists by default);
